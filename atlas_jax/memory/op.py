@@ -1,0 +1,111 @@
+"""The public memory op: one entry point, several implementations (SPEC.md §1–§3, §5).
+
+    y, state = memory_op(q, k, v, gates, init_weights, config=..., feature_coeffs=..., state=None)
+
+``implementation`` selects the path: ``reference`` (per-token scan, the definition), ``xla`` (chunk-parallel
+dual form), or ``auto`` (the fastest path that supports the inputs; today ``xla``). Model code calls only this.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from atlas_jax.memory.chunked import chunked_memory
+from atlas_jax.memory.config import MemoryConfig
+from atlas_jax.memory.feature_maps import feature_dim
+from atlas_jax.memory.reference import reference_memory
+from atlas_jax.memory.state import Gates, MemoryState, init_state
+
+Implementation = Literal["auto", "reference", "xla"]
+IMPLEMENTATIONS = ("auto", "reference", "xla")
+
+
+def resolve_implementation(implementation: str, config: MemoryConfig) -> str:
+  """The concrete path ``auto`` stands for (kept as a function so callers can log the choice)."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")
+  return "xla" if implementation == "auto" else implementation
+
+
+def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, feature_coeffs):
+  if q.ndim != 4 or k.shape != q.shape or v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+    raise ValueError(f"expected q, k [B, T, H, K] and v [B, T, H, V]; got q {q.shape}, k {k.shape}, v {v.shape}.")
+  batch, length, heads, key_dim = q.shape
+  value_dim = v.shape[-1]
+  for name in ("log_alpha", "eta", "gamma", "log_theta"):
+    gate = getattr(gates, name)
+    if gate is None:
+      continue
+    if gate.shape != (batch, length, heads):
+      raise ValueError(f"gate {name} has shape {gate.shape}; expected [B, T, H] = {(batch, length, heads)}.")
+  if config.momentum and gates.log_theta is None:
+    raise ValueError("config.momentum=True needs gates.log_theta (log of the momentum decay θ).")
+  if config.residual and key_dim != value_dim:
+    raise ValueError(f"residual memory needs K == V; got K={key_dim}, V={value_dim} (set residual=False).")
+  if set(init_weights) != set(config.weight_names):
+    raise ValueError(f"init_weights has {sorted(init_weights)}; kind={config.kind!r} needs "
+                     f"{list(config.weight_names)}.")
+
+  p = feature_dim(config, key_dim)
+  expected = {"W": (value_dim, p), "W1": (value_dim, None), "W2": (None, p), "W3": (None, p)}
+  hidden = None
+  for name, w in init_weights.items():
+    rows, cols = expected[name]
+    if w.ndim != 3 or w.shape[0] != heads:
+      raise ValueError(f"init_weights[{name!r}] has shape {w.shape}; expected [H={heads}, m, n].")
+    if (rows is not None and w.shape[1] != rows) or (cols is not None and w.shape[2] != cols):
+      raise ValueError(f"init_weights[{name!r}] has shape {w.shape}; expected [H, {rows or 'F'}, {cols or 'F'}] "
+                       f"(V={value_dim}, P={p}).")
+    f = w.shape[2] if name == "W1" else (w.shape[1] if name in ("W2", "W3") else None)
+    if f is not None and hidden is not None and f != hidden:
+      raise ValueError(f"MLP hidden widths disagree across init_weights: {f} vs {hidden}.")
+    hidden = f if f is not None else hidden
+  if config.feature_map == "polynomial":
+    if feature_coeffs is None or feature_coeffs.shape != (heads, config.num_coeffs):
+      got = None if feature_coeffs is None else feature_coeffs.shape
+      raise ValueError(f"polynomial φ needs feature_coeffs [H, p+1] = {(heads, config.num_coeffs)}; got {got}.")
+
+
+def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weights: dict[str, jax.Array], *,
+              config: MemoryConfig, feature_coeffs: jax.Array | None = None, state: MemoryState | None = None,
+              implementation: Implementation = "auto", block_size: int | None = None,
+              remat: bool = False) -> tuple[jax.Array, MemoryState]:
+  """Run the ATLAS memory over a sequence (or a piece of one) and return its outputs and state.
+
+  Args:
+    q, k: queries and keys [B, T, H, K] (already normalised by the layer), any float dtype.
+    v: values [B, T, H, V].
+    gates: per-token gates [B, T, H] (see ``Gates``), float32 recommended.
+    init_weights: Φ_init, {name: [H, m, n]} — ``W`` [H, V, P] (linear) or ``W1`` [H, V, F], ``W2`` [H, F, P]
+      (and ``W3`` [H, F, P] for gated_mlp). Used only when ``state`` is None.
+    config: the static memory definition.
+    feature_coeffs: polynomial φ coefficients a [H, p+1] (non-negative); None for the identity map.
+    state: the state returned by a previous call; None starts a sequence at position 0.
+    implementation: ``auto`` | ``reference`` | ``xla``.
+    block_size: xla only, rows per scan step (a divisor of C); does not change the result.
+    remat: xla only, rematerialise each scan step in the backward pass (less memory, usually faster on CPU).
+
+  Returns:
+    y [B, T, H, V] in q's dtype (y_t = M(q_t; Φ_t), read after write), and the state after the last token.
+    Fast weights, momentum and all inner-loop work are float32 whatever the input dtype.
+  """
+  _check_inputs(q, k, v, gates, init_weights, config, feature_coeffs)
+  impl = resolve_implementation(implementation, config)
+  batch, length, _, key_dim = q.shape
+  static_position = None
+  if state is None:
+    state = init_state(config, init_weights, batch, key_dim, v.shape[-1])
+    static_position = 0
+  if feature_coeffs is not None:
+    feature_coeffs = feature_coeffs.astype(state.window_k.dtype)
+  if length == 0:
+    return jnp.zeros(v.shape, q.dtype), state
+  if impl == "reference":
+    y, state = reference_memory(q, k, v, gates, state, config, feature_coeffs)
+  else:
+    y, state = chunked_memory(q, k, v, gates, state, config, feature_coeffs, static_position=static_position,
+                              block_size=block_size, remat=remat)
+  return y.astype(q.dtype), state
