@@ -141,7 +141,32 @@ def _plan(position, length: int, rows: int, static: bool):
 
 
 def chunked_memory(q, k, v, gates: Gates, state: MemoryState, config: MemoryConfig, feature_coeffs, *,
-                   static_position: int | None = None, block_size: int | None = None, remat: bool = False):
+                   static_position: int | None = None, block_size: int | None = None, remat: bool = False,
+                   head_groups: int = 1):
+  """Chunk-parallel memory; see `_chunked_scan`. head_groups > 1 runs that many independent scans over equal
+  groups of heads, which XLA can execute concurrently (on CPU, one per core)."""
+  heads = q.shape[2]
+  if head_groups <= 1:
+    return _chunked_scan(q, k, v, gates, state, config, feature_coeffs, static_position=static_position,
+                         block_size=block_size, remat=remat)
+  if heads % head_groups:
+    raise ValueError(f"head_groups={head_groups} must divide the number of heads H={heads}.")
+  size = heads // head_groups
+  outputs, states = [], []
+  for g in range(head_groups):
+    part = lambda x, axis: None if x is None else jax.lax.slice_in_dim(x, g * size, (g + 1) * size, axis=axis)
+    part_state = _map(lambda x: part(x, 1), state._replace(position=None))._replace(position=state.position)
+    y, s = _chunked_scan(part(q, 2), part(k, 2), part(v, 2), Gates(*(part(x, 2) for x in gates)), part_state,
+                         config, part(feature_coeffs, 0), static_position=static_position,
+                         block_size=block_size, remat=remat)
+    outputs.append(y)
+    states.append(s._replace(position=None))
+  state = _map(lambda *xs: jnp.concatenate(xs, axis=1), *states)
+  return jnp.concatenate(outputs, axis=2), state._replace(position=s.position)
+
+
+def _chunked_scan(q, k, v, gates: Gates, state: MemoryState, config: MemoryConfig, feature_coeffs, *,
+                  static_position: int | None, block_size: int | None, remat: bool):
   """Chunk-parallel memory over q, k [B, T, H, K], v [B, T, H, V]; returns (y [B, T, H, V] in the state's dtype, state).
 
   static_position: the state's position when known at trace time (0 for a fresh state) — saves the extra

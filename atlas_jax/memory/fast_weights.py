@@ -19,11 +19,12 @@ Weights = dict[str, jnp.ndarray]
 _GELU_C = math.sqrt(2.0 / math.pi)
 
 
-def gelu_grad(x: jnp.ndarray) -> jnp.ndarray:
-  """d gelu(x) / dx for the tanh approximation."""
-  u = _GELU_C * (x + 0.044715 * x**3)
-  t = jnp.tanh(u)
-  return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _GELU_C * (1.0 + 3 * 0.044715 * x * x)
+def gelu_and_grad(x: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """gelu(x) and d gelu(x) / dx for the tanh approximation, sharing one tanh."""
+  t = jnp.tanh(_GELU_C * (x + 0.044715 * x**3))
+  value = 0.5 * x * (1.0 + t)
+  grad = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _GELU_C * (1.0 + 3 * 0.044715 * x * x)
+  return value, grad
 
 
 def silu_grad(x: jnp.ndarray) -> jnp.ndarray:
@@ -46,7 +47,8 @@ def _hidden(config: MemoryConfig, w: Weights, phi: jnp.ndarray):
   """Layer 2 of the MLP kinds on rows φ [N, P] → (z [N, F], and what the backward needs)."""
   h = phi @ w["W2"].T
   if config.kind == "mlp":
-    return jax.nn.gelu(h), (h,)
+    z, dz = gelu_and_grad(h)
+    return z, (dz,)
   h3 = phi @ w["W3"].T
   return jax.nn.silu(h) * h3, (h, h3)
 
@@ -78,8 +80,8 @@ def factors(config: MemoryConfig, w: Weights, phi: jnp.ndarray, raw: jnp.ndarray
     e = z @ w["W1"].T + (raw if config.residual else 0.0) - v
   d = e @ w["W1"]  # W1ᵀ e_i, rows [N, F]
   if config.kind == "mlp":
-    (h,) = saved
-    return {"W1": (e, z), "W2": (d * gelu_grad(h), phi)}
+    (dz,) = saved
+    return {"W1": (e, z), "W2": (d * dz, phi)}
   h, h3 = saved
   return {
       "W1": (e, z),

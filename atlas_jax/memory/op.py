@@ -72,7 +72,7 @@ def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
 def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weights: dict[str, jax.Array], *,
               config: MemoryConfig, feature_coeffs: jax.Array | None = None, state: MemoryState | None = None,
               implementation: Implementation = "auto", block_size: int | None = None,
-              remat: bool = False) -> tuple[jax.Array, MemoryState]:
+              remat: bool = False, head_groups: int = 1) -> tuple[jax.Array, MemoryState]:
   """Run the ATLAS memory over a sequence (or a piece of one) and return its outputs and state.
 
   Args:
@@ -87,6 +87,8 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
     implementation: ``auto`` | ``reference`` | ``xla``.
     block_size: xla only, rows per scan step (a divisor of C); does not change the result.
     remat: xla only, rematerialise each scan step in the backward pass (less memory, usually faster on CPU).
+    head_groups: xla only, run this many independent scans over equal groups of heads (a divisor of H), which
+      XLA may execute concurrently; 2 is faster on a 2-core CPU. Does not change the result.
 
   Returns:
     y [B, T, H, V] in q's dtype (y_t = M(q_t; Φ_t), read after write), and the state after the last token.
@@ -107,5 +109,5 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
     y, state = reference_memory(q, k, v, gates, state, config, feature_coeffs)
   else:
     y, state = chunked_memory(q, k, v, gates, state, config, feature_coeffs, static_position=static_position,
-                              block_size=block_size, remat=remat)
+                              block_size=block_size, remat=remat, head_groups=head_groups)
   return y.astype(q.dtype), state

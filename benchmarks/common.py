@@ -1,0 +1,85 @@
+"""Shared benchmark plumbing: timing, compiled-memory figures, machine description, RESULTS.md output."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+
+import jax
+
+RESULTS = os.path.join(os.path.dirname(__file__), "RESULTS.md")
+
+
+def time_call(fn, *args, repeats: int = 5) -> float:
+  """Median wall time (seconds) of fn(*args) after one warm-up call (compilation excluded)."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def compiled_peak_bytes(jitted, *args) -> int | None:
+  """XLA's static memory plan of a jitted call: arguments + outputs + temporaries (bytes), if reported."""
+  try:
+    stats = jitted.lower(*args).compile().memory_analysis()
+  except Exception:  # some backends do not report it
+    return None
+  if stats is None:
+    return None
+  return int(stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+             - stats.alias_size_in_bytes)
+
+
+def allocator() -> str:
+  preload = os.environ.get("LD_PRELOAD", "")
+  return "tcmalloc (LD_PRELOAD)" if "tcmalloc" in preload else "glibc malloc (no tcmalloc preloaded)"
+
+
+def machine() -> str:
+  """CPU model and core count, or the accelerator's name."""
+  device = jax.devices()[0]
+  if device.platform != "cpu":
+    return f"{device.device_kind} ({device.platform})"
+  model = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return f"{model}, {os.cpu_count()} cores (CPU)"
+
+
+def header() -> list[str]:
+  return [
+      f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+      f"- machine: {machine()}",
+      f"- allocator: {allocator()}",
+      f"- versions: python {platform.python_version()}, jax {jax.__version__}",
+      f"- command: `{' '.join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])}`",
+  ]
+
+
+def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return "\n".join(lines)
+
+
+def append_results(title: str, body: str) -> None:
+  """Append one dated section to benchmarks/RESULTS.md."""
+  new = not os.path.exists(RESULTS)
+  with open(RESULTS, "a", encoding="utf-8") as f:
+    if new:
+      f.write("# Benchmark results\n\nWritten by the benchmark scripts; never edited by hand.\n")
+    f.write(f"\n## {title}\n\n" + "\n".join(header()) + "\n\n" + body + "\n")

@@ -1,0 +1,103 @@
+"""Throughput and memory of the memory op: reference (per-token) vs xla (chunk-parallel), over T.
+
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python -m benchmarks.memory_op            # full table → RESULTS.md
+    python -m benchmarks.memory_op --lengths=256,1024 --nowrite                   # quick look
+
+Config (flags): B = 2, H = 4, K = V = 64, mlp memory with F = 256, identity φ, l2, C = 64, W = 4, momentum on,
+Muon off and on. Forward = outputs and final state; forward+backward = gradient of a scalar of the outputs with
+respect to q, k, v, every gate and Φ_init. Times are medians after a warm-up call; memory is XLA's static plan
+(arguments + outputs + temporaries) of the compiled call. On CPU, preload tcmalloc (Debian
+libtcmalloc-minimal4): glibc malloc makes these numbers swing several-fold. The allocator is recorded.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+
+from atlas_jax.memory import MemoryConfig, memory_op
+from benchmarks import common
+from atlas_jax.memory.testing import memory_inputs
+
+_LENGTHS = flags.DEFINE_list("lengths", ["256", "1024", "4096", "16384"], "sequence lengths T")
+_MAX_REFERENCE = flags.DEFINE_integer("max_reference_length", 4096, "longest T timed for the reference")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per cell (median)")
+_BATCH = flags.DEFINE_integer("batch", 2, "B")
+_HEADS = flags.DEFINE_integer("heads", 4, "H")
+_DIM = flags.DEFINE_integer("dim", 64, "K = V")
+_HIDDEN = flags.DEFINE_integer("hidden", 256, "F")
+_CHUNK = flags.DEFINE_integer("chunk", 64, "C")
+_WINDOW = flags.DEFINE_integer("window", 4, "W")
+_MUON = flags.DEFINE_list("muon", ["off", "on"], "Muon settings to run")
+_WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
+
+
+def _functions(config: MemoryConfig, implementation: str):
+  run = functools.partial(memory_op, config=config, implementation=implementation, remat=implementation == "xla")
+  forward = jax.jit(lambda q, k, v, g, w: run(q, k, v, g, w))
+
+  def loss(q, k, v, g, w):
+    y, state = run(q, k, v, g, w)
+    return jnp.sum(y.astype(jnp.float32) ** 2)
+
+  backward = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
+  return forward, backward
+
+
+def _cell(config, implementation, length):
+  inputs = memory_inputs(config, batch=_BATCH.value, length=length, heads=_HEADS.value, key_dim=_DIM.value,
+                         value_dim=_DIM.value, hidden=_HIDDEN.value)[:5]
+  forward, backward = _functions(config, implementation)
+  tokens = _BATCH.value * length
+  t_fwd = common.time_call(forward, *inputs, repeats=_REPEATS.value)
+  t_bwd = common.time_call(backward, *inputs, repeats=_REPEATS.value)
+  mem = common.compiled_peak_bytes(backward, *inputs)
+  return t_fwd, t_bwd, tokens / t_fwd, tokens / t_bwd, mem
+
+
+def main(argv):
+  del argv
+  lengths = [int(t) for t in _LENGTHS.value]
+  columns = ["Muon", "impl", "T", "fwd s", "fwd tok/s", "fwd+bwd s", "fwd+bwd tok/s", "fwd+bwd peak MiB"]
+  rows, times = [], {}
+  for muon in _MUON.value:
+    config = MemoryConfig(kind="mlp", window=_WINDOW.value, chunk_size=_CHUNK.value, momentum=True,
+                          muon=muon == "on")
+    for implementation in ("reference", "xla"):
+      for length in lengths:
+        if implementation == "reference" and length > _MAX_REFERENCE.value:
+          continue
+        print(f"[memory_op] muon={muon} {implementation} T={length} ...", flush=True)
+        t_fwd, t_bwd, tps_fwd, tps_bwd, mem = _cell(config, implementation, length)
+        times[muon, implementation, length] = (t_fwd, t_bwd)
+        row = [muon, implementation, str(length), f"{t_fwd:.3f}", f"{tps_fwd:,.0f}", f"{t_bwd:.3f}",
+               f"{tps_bwd:,.0f}", "n/a" if mem is None else f"{mem / 2**20:,.0f}"]
+        rows.append(row)
+        print("  " + " | ".join(row), flush=True)
+
+  summary = []
+  for muon in _MUON.value:
+    lo, hi = min(lengths), max(lengths)
+    if (muon, "xla", hi) in times and (muon, "xla", lo) in times and hi > lo:
+      for i, name in enumerate(("fwd", "fwd+bwd")):
+        ratio = times[muon, "xla", hi][i] / times[muon, "xla", lo][i]
+        summary.append(f"- Muon {muon}, xla {name}: time(T={hi}) / time(T={lo}) = {ratio:.1f} "
+                       f"(T ratio {hi // lo})")
+    for length in lengths:
+      if (muon, "reference", length) in times and (muon, "xla", length) in times:
+        speed = [times[muon, "reference", length][i] / times[muon, "xla", length][i] for i in range(2)]
+        summary.append(f"- Muon {muon}, T={length}: xla is {speed[0]:.1f}× (fwd) and {speed[1]:.1f}× "
+                       f"(fwd+bwd) faster than reference")
+  config_line = (f"B={_BATCH.value}, H={_HEADS.value}, K=V={_DIM.value}, mlp F={_HIDDEN.value}, identity φ, l2, "
+                 f"C={_CHUNK.value}, W={_WINDOW.value}, momentum on; float32; xla with remat")
+  body = config_line + "\n\n" + common.markdown_table(columns, rows) + "\n\n" + "\n".join(summary)
+  print("\n" + "\n".join(common.header()) + "\n\n" + body)
+  if _WRITE.value:
+    common.append_results("Memory op: reference vs xla (benchmarks/memory_op.py)", body)
+
+
+if __name__ == "__main__":
+  app.run(main)

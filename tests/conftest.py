@@ -1,0 +1,22 @@
+"""Test setup: fake CPU devices for sharding tests, and opt-in markers for slow and GPU-only tests."""
+
+import os
+
+# Must happen before JAX initialises its backend (sharding tests use 8 fake CPU devices).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+
+def pytest_addoption(parser):
+  parser.addoption("--runslow", action="store_true", help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+  on_gpu = any(d.platform == "gpu" for d in jax.devices())
+  for item in items:
+    if "slow" in item.keywords and not config.getoption("--runslow"):
+      item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
+    if "gpu" in item.keywords and not on_gpu:
+      item.add_marker(pytest.mark.skip(reason="needs a GPU"))

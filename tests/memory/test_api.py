@@ -1,0 +1,102 @@
+"""The public entry point: transformations, dtypes, dispatch and errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from atlas_jax.memory import Gates, MemoryConfig, init_state, memory_op, resolve_implementation
+from tests.helpers import max_rel_error, memory_inputs
+
+ATLAS = MemoryConfig(kind="mlp", feature_map="polynomial", window=4, chunk_size=8, momentum=True, muon=True)
+
+
+def test_vmap_over_an_extra_axis_equals_a_loop():
+  inputs = memory_inputs(ATLAS, length=12)
+  q, k, v, gates, weights, coeffs = inputs
+  stack = lambda x: jnp.stack([x, 0.5 * x])
+  batched = jax.vmap(lambda q, k, v, g: memory_op(q, k, v, g, weights, config=ATLAS, feature_coeffs=coeffs)[0])
+  y = batched(stack(q), stack(k), stack(v), jax.tree_util.tree_map(stack, gates))
+  for i, scale in enumerate((1.0, 0.5)):
+    scaled = jax.tree_util.tree_map(lambda x: scale * x, (q, k, v, gates))
+    y_i = memory_op(*scaled, weights, config=ATLAS, feature_coeffs=coeffs)[0]
+    assert max_rel_error(y[i], y_i) < 1e-5
+
+
+def test_remat_gives_the_same_gradients():
+  q, k, v, gates, weights, coeffs = memory_inputs(ATLAS, length=20)
+
+  def loss(weights, remat):
+    return jnp.sum(memory_op(q, k, v, gates, weights, config=ATLAS, feature_coeffs=coeffs, remat=remat)[0] ** 2)
+
+  plain = jax.jit(jax.grad(lambda w: loss(w, False)))(weights)
+  remat = jax.jit(jax.grad(lambda w: loss(w, True)))(weights)
+  assert max_rel_error(remat, plain) < 1e-5
+
+
+def test_bfloat16_long_sequence_stays_close_to_float32():
+  """bf16 inputs over T = 4096: float32 state, finite outputs within bf16 rounding of the float32 run."""
+  config = MemoryConfig(kind="mlp", window=4, chunk_size=64, momentum=True)
+  q, k, v, gates, weights, _ = memory_inputs(config, batch=1, length=4096, heads=2, key_dim=16, value_dim=16,
+                                             hidden=32)
+  run = jax.jit(lambda q, k, v: memory_op(q, k, v, gates, weights, config=config))
+  y32, s32 = run(q, k, v)
+  y16, s16 = run(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
+  assert y16.dtype == jnp.bfloat16 and s16.weights["W1"].dtype == jnp.float32
+  assert np.all(np.isfinite(np.asarray(y16, np.float32)))
+  rel = float(jnp.linalg.norm(y16.astype(jnp.float32) - y32) / jnp.linalg.norm(y32))
+  assert rel < 2e-2, rel
+  assert max_rel_error(s16.weights, s32.weights) < 5e-2
+
+
+def test_auto_resolves_to_xla_and_matches_it():
+  assert resolve_implementation("auto", ATLAS) == "xla"
+  inputs = memory_inputs(ATLAS, length=9)
+  a = memory_op(*inputs[:5], config=ATLAS, feature_coeffs=inputs[5], implementation="auto")[0]
+  b = memory_op(*inputs[:5], config=ATLAS, feature_coeffs=inputs[5], implementation="xla")[0]
+  np.testing.assert_array_equal(a, b)
+
+
+def test_empty_sequence_returns_the_state_unchanged():
+  q, k, v, gates, weights, coeffs = memory_inputs(ATLAS, length=0)
+  y, state = memory_op(q, k, v, gates, weights, config=ATLAS, feature_coeffs=coeffs)
+  assert y.shape == (2, 0, 2, 4) and int(state.position) == 0
+
+
+def test_init_state_shapes():
+  config = MemoryConfig(kind="gated_mlp", window=3)
+  weights = {"W1": jnp.zeros((2, 4, 8)), "W2": jnp.zeros((2, 8, 4)), "W3": jnp.zeros((2, 8, 4))}
+  state = init_state(config, weights, batch_size=3, key_dim=4, value_dim=4)
+  assert state.weights["W3"].shape == (3, 2, 8, 4)
+  assert state.window_k.shape == (3, 2, 2, 4) and state.window_gamma.shape == (3, 2, 2)
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda q, k, v, g, w, a: (q[..., :3], k, v, g, w, a), "expected q, k"),
+    (lambda q, k, v, g, w, a: (q, k, v, g._replace(eta=g.eta[:, :5]), w, a), "gate eta"),
+    (lambda q, k, v, g, w, a: (q, k, v, g._replace(log_theta=None), w, a), "log_theta"),
+    (lambda q, k, v, g, w, a: (q, k, v, g, {"W": w["W1"]}, a), "init_weights has"),
+    (lambda q, k, v, g, w, a: (q, k, v, g, {**w, "W2": w["W2"][:, :, :3]}, a), "init_weights['W2']"),
+    (lambda q, k, v, g, w, a: (q, k, v, g, w, None), "feature_coeffs"),
+    (lambda q, k, v, g, w, a: (q, k, v[..., :3], g, w, a), "K == V"),
+])
+def test_bad_inputs_raise_clear_errors(change, message):
+  args = change(*memory_inputs(ATLAS, length=6))
+  with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    memory_op(*args[:5], config=ATLAS, feature_coeffs=args[5])
+
+
+def test_bad_options_raise_clear_errors():
+  inputs = memory_inputs(ATLAS, length=6)
+  with pytest.raises(ValueError, match="implementation='fast'"):
+    memory_op(*inputs[:5], config=ATLAS, feature_coeffs=inputs[5], implementation="fast")
+  with pytest.raises(ValueError, match="block_size=3 must divide chunk_size=8"):
+    memory_op(*inputs[:5], config=ATLAS, feature_coeffs=inputs[5], block_size=3)
+  with pytest.raises(ValueError, match="MemoryConfig.kind='deep'"):
+    MemoryConfig(kind="deep")
+  with pytest.raises(ValueError, match="MemoryConfig.window=0"):
+    MemoryConfig(window=0)
+  with pytest.raises(ValueError, match="degree 1..3"):
+    MemoryConfig(feature_map="polynomial", degree=4)
