@@ -1,0 +1,126 @@
+"""Frozen, validated model configuration (one per language model); presets live in ``presets.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+from atlas_jax.memory.config import MemoryConfig
+
+# Block types (SPEC.md §6): the memory layer, global attention, sliding-window attention, memory-as-gate,
+# memory-as-layer, and the exponential-kernel memory (DeepTransformer, Dot; SPEC.md §4).
+BLOCK_TYPES = ("memory", "attention", "swa", "mag", "mal", "kernel_memory")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyperparameters of an AtlasLM.
+
+  Attributes:
+    vocab_size, width (D), num_layers (L).
+    blocks: block type of each layer (length L), from BLOCK_TYPES.
+    num_heads: attention heads (head_dim = D / num_heads).
+    swa_window: sliding-window size of ``swa``/``mag``/``mal`` attention.
+    mlp_hidden: SwiGLU hidden width (0: none, the block has no MLP sublayer).
+    memory: the memory definition (SPEC.md §1–§3); memory_heads H and memory_head_dim K = V.
+    memory_hidden: F, the memory MLP's hidden width (default 4·V).
+    eta_max: η = eta_max · σ(·).
+    conv_width: short causal conv width before the memory.
+    kernel_normalized: the kernel memory divides by its v ≡ 1 twin (softmax attention; linear + dot only).
+    dtype / param_dtype: activation and parameter dtypes (memory state is always float32).
+    scan_layers: run the layers with ``nnx.scan`` over stacked parameters (needs identical block types).
+    remat: ``none`` or ``full`` (rematerialise each block in the backward pass).
+    memory_implementation: ``auto`` | ``reference`` | ``xla``; memory_remat: remat inside the memory scan.
+  """
+
+  vocab_size: int = 256
+  width: int = 64
+  num_layers: int = 2
+  blocks: tuple[str, ...] = ("memory", "memory")
+  num_heads: int = 4
+  swa_window: int = 64
+  rope_base: float = 10000.0
+  mlp_hidden: int = 192
+  memory: MemoryConfig = MemoryConfig()
+  memory_heads: int = 4
+  memory_head_dim: int = 16
+  memory_hidden: int | None = None
+  eta_max: float = 1.0
+  conv_width: int = 4
+  kernel_normalized: bool = False
+  tie_embeddings: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_layers: bool = False
+  remat: str = "none"
+  memory_implementation: str = "auto"
+  memory_remat: bool = True
+
+  def __post_init__(self):
+    if isinstance(self.blocks, list):
+      object.__setattr__(self, "blocks", tuple(self.blocks))
+    if len(self.blocks) != self.num_layers:
+      raise ValueError(f"blocks has {len(self.blocks)} entries; num_layers={self.num_layers}.")
+    for b in self.blocks:
+      if b not in BLOCK_TYPES:
+        raise ValueError(f"unknown block type {b!r}; expected one of {BLOCK_TYPES}.")
+    if self.width % self.num_heads:
+      raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}.")
+    if self.dtype not in _DTYPES or self.param_dtype not in _DTYPES:
+      raise ValueError(f"dtype={self.dtype!r}, param_dtype={self.param_dtype!r}; expected one of {list(_DTYPES)}.")
+    if self.remat not in ("none", "full"):
+      raise ValueError(f"remat={self.remat!r}; expected 'none' or 'full'.")
+    if self.scan_layers and len(set(self.blocks)) > 1:
+      raise ValueError("scan_layers=True needs every layer to have the same block type; got "
+                       f"{sorted(set(self.blocks))}.")
+    if "mag" in self.blocks and self.memory_heads * self.memory_head_dim != self.width:
+      raise ValueError("MAG gates attention with the memory output: memory_heads · memory_head_dim must equal "
+                       f"width ({self.memory_heads}·{self.memory_head_dim} ≠ {self.width}).")
+    if self.memory.residual is True and self.memory_head_dim <= 0:
+      raise ValueError("memory_head_dim must be positive.")
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+  @property
+  def memory_mlp_hidden(self) -> int:
+    return self.memory_hidden or 4 * self.memory_head_dim
+
+  @property
+  def jnp_dtype(self):
+    return _DTYPES[self.dtype]
+
+  @property
+  def jnp_param_dtype(self):
+    return _DTYPES[self.param_dtype]
+
+  def replace(self, **changes: Any) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self) -> dict[str, Any]:
+    """Plain JSON-able dict (saved with checkpoints)."""
+    d = dataclasses.asdict(self)
+    d["blocks"] = list(self.blocks)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+    """Inverse of ``to_dict``; unknown keys are an error naming them."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"unknown ModelConfig keys: {unknown}.")
+    d = dict(d)
+    if isinstance(d.get("memory"), dict):
+      mem_known = {f.name for f in dataclasses.fields(MemoryConfig)}
+      bad = sorted(set(d["memory"]) - mem_known)
+      if bad:
+        raise ValueError(f"unknown MemoryConfig keys: {bad}.")
+      d["memory"] = MemoryConfig(**d["memory"])
+    if "blocks" in d:
+      d["blocks"] = tuple(d["blocks"])
+    return cls(**d)

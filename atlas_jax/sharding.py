@@ -1,0 +1,53 @@
+"""Logical axis names → mesh axes, and the one helper that constrains activations at block boundaries.
+
+Parameters carry logical axis names (``nnx.with_partitioning``); the experiment config supplies rules such as
+``(("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"))``. Model code never names a mesh axis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import jax
+from jax.sharding import PartitionSpec
+
+Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
+
+_RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("atlas_logical_rules", default=None)
+
+
+@contextlib.contextmanager
+def logical_rules(rules: Rules):
+  """Use `rules` for `constrain` and `logical_to_spec` inside the block."""
+  token = _RULES.set(tuple(rules))
+  try:
+    yield
+  finally:
+    _RULES.reset(token)
+
+
+def current_rules() -> Rules | None:
+  return _RULES.get()
+
+
+def logical_to_spec(axes: tuple[str | None, ...], rules: Rules | None = None) -> PartitionSpec:
+  """PartitionSpec for logical `axes` under `rules` (unknown names and None are replicated)."""
+  table = dict(rules if rules is not None else (_RULES.get() or ()))
+  used: set[str] = set()
+  spec = []
+  for name in axes:
+    target = table.get(name) if name is not None else None
+    names = (target,) if isinstance(target, str) else tuple(target or ())
+    names = tuple(n for n in names if n not in used)  # a mesh axis may shard only one dimension
+    used.update(names)
+    spec.append(names[0] if len(names) == 1 else (names or None))
+  return PartitionSpec(*spec)
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+  """Constrain an activation's sharding by logical axes; a no-op outside a mesh or without rules."""
+  rules = _RULES.get()
+  if rules is None or jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, rules))
