@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -27,7 +28,9 @@ class ModelConfig:
     mlp_hidden: SwiGLU hidden width (0: none, the block has no MLP sublayer).
     memory: the memory definition (SPEC.md §1–§3); memory_heads H and memory_head_dim K = V.
     memory_hidden: F, the memory MLP's hidden width (default 4·V).
-    eta_max: η = eta_max · σ(·).
+    eta_max: η = eta_max · σ(·). None picks 1 / (W · Σ_i 1/i!) — one over the window's total squared feature
+      norm at initialisation (unit keys; Σ over the polynomial's kept degrees, 1 for identity φ) — so that the
+      inner step stays stable with momentum (the inner loss's curvature grows with W and with |φ(k)|²).
     conv_width: short causal conv width before the memory.
     kernel_normalized: the kernel memory divides by its v ≡ 1 twin (softmax attention; linear + dot only).
     dtype / param_dtype: activation and parameter dtypes (memory state is always float32).
@@ -48,7 +51,7 @@ class ModelConfig:
   memory_heads: int = 4
   memory_head_dim: int = 16
   memory_hidden: int | None = None
-  eta_max: float = 1.0
+  eta_max: float | None = None
   conv_width: int = 4
   kernel_normalized: bool = False
   tie_embeddings: bool = False
@@ -81,6 +84,17 @@ class ModelConfig:
                        f"width ({self.memory_heads}·{self.memory_head_dim} ≠ {self.width}).")
     if self.memory.residual is True and self.memory_head_dim <= 0:
       raise ValueError("memory_head_dim must be positive.")
+
+  @property
+  def inner_lr_max(self) -> float:
+    """η_max actually used (see ``eta_max``)."""
+    if self.eta_max is not None:
+      return self.eta_max
+    mem = self.memory
+    norm = 1.0
+    if mem.feature_map == "polynomial":
+      norm = sum(1.0 / math.factorial(i) for i in range(1 if mem.drop_constant else 0, mem.degree + 1))
+    return 1.0 / (mem.window * norm)
 
   @property
   def head_dim(self) -> int:

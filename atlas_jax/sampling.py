@@ -1,0 +1,71 @@
+"""Decoding: prefill a prompt into the model's cache, then sample one token at a time.
+
+Samplers: greedy (temperature 0), temperature, top-k and top-p (nucleus), combinable. A memory model's decode
+state is its fixed-size streaming state (plus SWA ring buffers); only global attention caches grow with length.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from atlas_jax.model import AtlasLM, check_tokens
+
+
+def sample_logits(logits: jax.Array, key: jax.Array, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> jax.Array:
+  """Sample ids from logits [B, vocab]. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits.astype(jnp.float32) / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+    # Keep a token if the mass before it is < top_p (the most likely token is always kept).
+    drop_sorted = (cumulative - jax.nn.softmax(sorted_logits, axis=-1)) >= top_p
+    drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+    logits = jnp.where(drop, -jnp.inf, logits)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "steps", "temperature", "top_k", "top_p"))
+def _decode(graphdef, state, cache, first, key, *, steps, temperature, top_k, top_p):
+  model = nnx.merge(graphdef, state)
+
+  def step(carry, key):
+    token, cache = carry
+    logits, cache = model(token[:, None], cache)
+    nxt = sample_logits(logits[:, -1], key, temperature, top_k, top_p)
+    return (nxt, cache), nxt
+
+  _, tokens = jax.lax.scan(step, (first, cache), jax.random.split(key, steps))
+  return jnp.moveaxis(tokens, 0, 1)
+
+
+def generate(model: AtlasLM, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *, temperature: float = 1.0,
+             top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """Continue `prompt` [B, T] by `max_new_tokens` sampled tokens → [B, T + max_new_tokens]."""
+  if prompt.ndim != 2 or prompt.shape[1] == 0:
+    raise ValueError(f"prompt must be [B, T] with T ≥ 1; got shape {prompt.shape}.")
+  check_tokens(prompt, model.config.vocab_size)
+  if max_new_tokens <= 0:
+    return prompt
+  batch, length = prompt.shape
+  cache = model.init_cache(batch, length + max_new_tokens)
+  graphdef, state = nnx.split(model)
+  prefill = jax.jit(lambda state, prompt, cache: nnx.merge(graphdef, state)(prompt, cache))
+  logits, cache = prefill(state, prompt, cache)
+  key, first_key = jax.random.split(key)
+  first = sample_logits(logits[:, -1], first_key, temperature, top_k, top_p)
+  if max_new_tokens == 1:
+    return jnp.concatenate([prompt, first[:, None]], axis=1)
+  rest = _decode(graphdef, state, cache, first, key, steps=max_new_tokens - 1, temperature=temperature,
+                 top_k=top_k, top_p=top_p)
+  return jnp.concatenate([prompt, first[:, None], rest], axis=1)
