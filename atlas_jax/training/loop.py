@@ -1,0 +1,218 @@
+"""``train_and_evaluate(config, workdir)``: the whole training job, in the order a reader expects.
+
+mesh → model config → data → abstract state → shardings → jitted init (or resume / fine-tune) → donated train
+step → loop (progress, metrics, periodic evaluation and samples, checkpoints) → final evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from atlas_jax.config import ModelConfig
+from atlas_jax.memory.config import MemoryConfig
+from atlas_jax.model import AtlasLM
+from atlas_jax.presets import get_preset
+from atlas_jax.sampling import generate
+from atlas_jax.sharding import logical_rules
+from atlas_jax.training import data as data_lib
+from atlas_jax.training import mesh as mesh_lib
+from atlas_jax.training.checkpoint import Checkpointer
+from atlas_jax.training.metrics import MetricWriter, Progress
+from atlas_jax.training.optim import make_optimizer
+from atlas_jax.training.step import make_eval_step, make_train_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def model_config_from(config) -> ModelConfig:
+  """The ModelConfig of ``config.model``: a preset at a size, with field overrides (``memory`` nested)."""
+  overrides = config.model.overrides
+  overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
+  if "memory" in overrides:
+    memory = dict(overrides.pop("memory"))
+    base = get_preset(config.model.preset, config.model.size).memory
+    known = {f.name for f in dataclasses.fields(MemoryConfig)}
+    unknown = sorted(set(memory) - known)
+    if unknown:
+      raise ValueError(f"unknown memory override keys: {unknown}.")
+    overrides["memory"] = dataclasses.replace(base, **memory)
+  base = get_preset(config.model.preset, config.model.size)
+  known = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(overrides) - known)
+  if unknown:
+    raise ValueError(f"unknown model override keys: {unknown}.")
+  if "blocks" in overrides:
+    overrides["blocks"] = tuple(overrides["blocks"])
+  return dataclasses.replace(base, **overrides)
+
+
+def abstract_train_state(model_config: ModelConfig, tx, mesh, rules, seed: int = 0):
+  """(graphdef, abstract params, their shardings, abstract optimiser state, its shardings); nothing allocated.
+
+  Runs outside ``jax.set_mesh``: NNX would otherwise read the parameters' logical names as mesh axes.
+  """
+  abstract = nnx.eval_shape(lambda: AtlasLM(model_config, rngs=nnx.Rngs(seed)))
+  graphdef, abstract_params = nnx.split(abstract)
+  param_shardings = mesh_lib.state_shardings(abstract_params, mesh, rules)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt_shardings = mesh_lib.like_params(abstract_opt, jax.tree_util.tree_structure(abstract_params),
+                                       param_shardings, NamedSharding(mesh, PartitionSpec()))
+  return graphdef, abstract_params, param_shardings, abstract_opt, opt_shardings
+
+
+def _put_batch(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """This process's rows → one global array sharded over the batch axes."""
+  global_shape = (batch.shape[0] * jax.process_count(),) + batch.shape[1:]
+  return jax.make_array_from_process_local_data(sharding, batch, global_shape)
+
+
+def _evaluate(eval_step, params, val_tokens, config, batch_sharding) -> float:
+  ds = data_lib.make_dataset(val_tokens, config.data.seq_len, config.data.batch_size, seed=0,
+                             process_index=jax.process_index(), process_count=jax.process_count(),
+                             shuffle=False, repeat=False)
+  n = min(config.train.eval_batches, len(ds))
+  if n == 0:
+    raise ValueError(f"the validation split has fewer than one batch of {config.data.batch_size} × "
+                     f"{config.data.seq_len + 1} tokens; lower batch_size/seq_len or raise val_fraction.")
+  losses = [float(eval_step(params, _put_batch(ds[i], batch_sharding))) for i in range(n)]
+  return float(np.mean(losses))
+
+
+def _sample(graphdef, params, tokenizer, config) -> str:
+  prompt_ids = np.asarray(tokenizer.encode(config.train.sample_prompt), np.int32)[None]
+  if prompt_ids.shape[1] == 0:
+    return ""
+  model = nnx.merge(graphdef, jax.device_get(params))
+  out = generate(model, jnp.asarray(prompt_ids), config.train.sample_tokens, jax.random.PRNGKey(config.seed),
+                 temperature=config.train.sample_temperature, top_k=config.train.sample_top_k)
+  return tokenizer.decode(np.asarray(out[0]).tolist())
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Train `config` (an experiment ConfigDict) in `workdir`; resumes from the newest good checkpoint there."""
+  os.makedirs(workdir, exist_ok=True)
+  model_config = model_config_from(config)
+  is_main = jax.process_index() == 0
+  mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
+  rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in config.mesh.rules)
+  global_batch = config.data.batch_size * config.train.grad_accum * jax.process_count()
+  if is_main:
+    print(f"model {config.model.preset}/{config.model.size}: {model_config.num_layers} layers × "
+          f"{model_config.width}, blocks {sorted(set(model_config.blocks))}; mesh {dict(mesh.shape)}", flush=True)
+
+  # Data.
+  train_tokens, val_tokens, tokenizer = data_lib.load_tokens(config.data, model_config.vocab_size)
+  per_process_batch = config.data.batch_size * config.train.grad_accum
+  train_ds = data_lib.make_dataset(train_tokens, config.data.seq_len, per_process_batch, seed=config.data.seed,
+                                   process_index=jax.process_index(), process_count=jax.process_count())
+  train_iter = data_lib.make_iterator(train_ds, config.data.num_workers)
+  if is_main:
+    print(f"data: {len(train_tokens):,} training and {len(val_tokens):,} validation tokens "
+          f"({config.data.source}, {config.data.tokenizer} tokenizer)", flush=True)
+
+  # Shapes first: abstract state → shardings → jitted init with out_shardings.
+  tx = make_optimizer(config.train)
+  graphdef, abstract_params, param_shardings, abstract_opt, opt_shardings = abstract_train_state(
+      model_config, tx, mesh, rules, config.seed)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+  init_params = jax.jit(lambda: nnx.split(AtlasLM(model_config, rngs=nnx.Rngs(config.seed)))[1],
+                        out_shardings=param_shardings)
+  init_opt = jax.jit(tx.init, out_shardings=opt_shardings)
+  as_target = lambda tree, shardings: jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+  with jax.set_mesh(mesh), logical_rules(rules):
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
+                                interval=config.train.checkpoint_every, async_save=config.train.async_checkpoint)
+    restored = checkpointer.restore_latest(as_target(abstract_params, param_shardings),
+                                           as_target(abstract_opt, opt_shardings))
+    if restored is not None:
+      step, params, opt_state, meta = restored
+      train_iter.set_state(meta["data_state"])
+      if is_main:
+        print(f"resumed from step {step}", flush=True)
+    else:
+      step = 0
+      if config.init_from:
+        params = _fine_tune_params(config.init_from, as_target(abstract_params, param_shardings))
+      else:
+        params = init_params()
+      opt_state = init_opt(params)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(abstract_params))
+    if is_main:
+      print(f"parameters: {n_params:,}; tokens per step: {global_batch * config.data.seq_len:,}", flush=True)
+
+    train_step = jax.jit(make_train_step(graphdef, tx, config.train.grad_accum), donate_argnums=(0, 1),
+                         out_shardings=(param_shardings, opt_shardings, replicated))
+    eval_step = jax.jit(make_eval_step(graphdef))
+    writer = MetricWriter(workdir, enabled=is_main)
+    progress = Progress(config.train.steps, step, global_batch * config.data.seq_len, config.train.log_every)
+    meta = {"model_config": model_config.to_dict(), "experiment": json.loads(config.to_json())}
+
+    def save(step, force=False):
+      checkpointer.save(step, params, opt_state, dict(meta, data_state=train_iter.get_state()), force=force)
+
+    results: dict[str, float] = {}
+    loss = float("nan")
+    try:
+      while step < config.train.steps:
+        batch = _put_batch(next(train_iter), batch_sharding)
+        params, opt_state, metrics = train_step(params, opt_state, batch)
+        step += 1
+        loss = float(metrics["loss"])
+        if not math.isfinite(loss):
+          raise NonFiniteLossError(
+              f"non-finite loss ({loss}) at step {step}; stopping. The last checkpoint "
+              f"(step {max(checkpointer.steps(), default='none')}) is intact; lower the learning rate or check "
+              "the data.")
+        progress.update(step, loss, force=step == config.train.steps)
+        if step % config.train.log_every == 0:
+          writer.write(step, {"train/loss": loss, "train/grad_norm": float(metrics["grad_norm"])})
+        if step % config.train.eval_every == 0 or step == config.train.steps:
+          val = _evaluate(eval_step, params, val_tokens, config, batch_sharding)
+          results = {"val/loss": val, "val/perplexity": math.exp(min(val, 50.0))}
+          writer.write(step, results)
+          if is_main:
+            print(f"step {step}: validation loss {val:.4f}, perplexity {results['val/perplexity']:.2f}", flush=True)
+        periodic = config.train.sample_every and step % config.train.sample_every == 0
+        if config.train.sample_tokens and (periodic or step == config.train.steps):
+          text = _sample(graphdef, params, tokenizer, config)
+          writer.text(step, "sample", text)
+          if is_main:
+            print(f"sample at step {step}: {text!r}", flush=True)
+        save(step, force=step == config.train.steps)
+    finally:
+      checkpointer.close()
+      writer.close()
+  results["train/loss"] = loss
+  results["step"] = step
+  return results
+
+
+def _fine_tune_params(directory: str, target):
+  """Parameters only from another run's newest checkpoint (new optimiser; any mesh or sequence length)."""
+  checkpointer = Checkpointer(directory, async_save=False)
+  if not checkpointer.steps():
+    raise FileNotFoundError(f"init_from={directory!r} holds no checkpoint.")
+  restored = checkpointer.restore_latest(target)
+  checkpointer.close()
+  if restored is None:
+    raise ValueError(f"no checkpoint in {directory!r} could be restored.")
+  step, params, _, _ = restored
+  print(f"fine-tuning from {directory} step {step} (parameters only)", flush=True)
+  return params

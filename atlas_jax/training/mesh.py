@@ -1,0 +1,55 @@
+"""Device mesh and shardings from the experiment config (axes data, fsdp, tensor; -1 means "the rest")."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from flax import nnx
+
+from atlas_jax.sharding import Rules, logical_to_spec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
+  """Resolve one −1 entry to the remaining devices; the product must equal the device count."""
+  shape = list(shape)
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(f"mesh shape {tuple(shape)} must have {len(MESH_AXES)} entries for axes {MESH_AXES}.")
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh shape {tuple(shape)} may contain at most one -1.")
+  known = math.prod(s for s in shape if s != -1)
+  if -1 in shape:
+    if num_devices % known:
+      raise ValueError(f"mesh shape {tuple(shape)} does not divide {num_devices} devices.")
+    shape[shape.index(-1)] = num_devices // known
+  if math.prod(shape) != num_devices:
+    raise ValueError(f"mesh shape {tuple(shape)} uses {math.prod(shape)} devices; {num_devices} are available.")
+  return tuple(shape)
+
+
+def make_mesh(shape, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  resolved = mesh_shape(shape, len(devices))
+  return Mesh(np.asarray(devices).reshape(resolved), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def state_shardings(abstract_state, mesh: Mesh, rules: Rules):
+  """NamedShardings for an nnx.State whose Params carry logical axis names."""
+  specs = nnx.get_partition_spec(abstract_state)
+  return jax.tree_util.tree_map(
+      lambda spec: NamedSharding(mesh, logical_to_spec(tuple(spec), rules) if spec is not None else PartitionSpec()),
+      specs, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+
+
+def like_params(tree, params_structure, param_shardings, replicated):
+  """Shardings for an optimiser state: sub-trees shaped like the params get the params' shardings."""
+  def visit(node):
+    if jax.tree_util.tree_structure(node) == params_structure:
+      return param_shardings
+    return jax.tree_util.tree_map(lambda _: replicated, node)
+
+  return jax.tree_util.tree_map(visit, tree, is_leaf=lambda n: jax.tree_util.tree_structure(n) == params_structure)

@@ -1,0 +1,77 @@
+"""Observability: a progress line (loss, tokens/s, ETA), metrics as JSON lines and TensorBoard events."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+  """Prints `[####......] step 120/600 | loss 2.31 | 2,900 tok/s | ETA 3m10s` every `every` steps."""
+
+  def __init__(self, total_steps: int, first_step: int, tokens_per_step: int, every: int, stream=sys.stdout):
+    self.total, self.first, self.tokens, self.every, self.stream = total_steps, first_step, tokens_per_step, every, stream
+    self.start = None
+
+  def update(self, step: int, loss: float, force: bool = False) -> None:
+    if self.start is None:  # the first step includes compilation; time from the end of it
+      self.start, self.start_step = time.perf_counter(), step
+      return
+    if not force and step % self.every:
+      return
+    elapsed = time.perf_counter() - self.start
+    done = step - self.start_step
+    rate = done / elapsed if elapsed > 0 else 0.0
+    eta = (self.total - step) / rate if rate else 0.0
+    width = 20
+    filled = int(width * step / max(self.total, 1))
+    bar = "#" * filled + "." * (width - filled)
+    self.stream.write(f"[{bar}] step {step}/{self.total} | loss {loss:.4f} | {rate * self.tokens:,.0f} tok/s | "
+                      f"ETA {_duration(eta)}\n")
+    self.stream.flush()
+
+
+class MetricWriter:
+  """Appends {"step": ..., name: value} lines to workdir/metrics.jsonl and scalars to TensorBoard."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self._tb = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    try:
+      from tensorboardX import SummaryWriter
+
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    except ImportError:
+      print("tensorboardX is not installed: TensorBoard logs are off (metrics.jsonl is still written).")
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self.enabled:
+      return
+    self._jsonl.write(json.dumps({"step": int(step), **{k: float(v) for k, v in metrics.items()}}) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for name, value in metrics.items():
+        self._tb.add_scalar(name, float(value), int(step))
+
+  def text(self, step: int, name: str, value: str) -> None:
+    if self.enabled and self._tb is not None:
+      self._tb.add_text(name, value, int(step))
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      if self._tb is not None:
+        self._tb.close()

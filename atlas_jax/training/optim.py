@@ -1,0 +1,27 @@
+"""Optax AdamW with linear warmup + cosine decay, global-norm clipping and a weight-decay mask."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+
+def learning_rate_schedule(train_config) -> optax.Schedule:
+  """Linear warmup to ``lr`` over ``warmup_steps``, cosine decay to ``lr · final_lr_fraction`` at ``steps``."""
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=train_config.lr, warmup_steps=max(1, train_config.warmup_steps),
+      decay_steps=max(train_config.steps, train_config.warmup_steps + 1),
+      end_value=train_config.lr * train_config.final_lr_fraction)
+
+
+def decay_mask(params):
+  """Weight decay on matrices (ndim ≥ 2) only: not on norms, biases, gate biases or φ coefficients."""
+  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(train_config.clip_norm),
+      optax.adamw(learning_rate_schedule(train_config), b1=train_config.b1, b2=train_config.b2,
+                  eps=1e-8, weight_decay=train_config.weight_decay, mask=decay_mask),
+  )

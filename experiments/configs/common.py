@@ -1,0 +1,55 @@
+"""Shared pieces of every experiment config: ``base_config()`` returns a complete ConfigDict to adjust."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from atlas_jax.sharding import DEFAULT_RULES
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.init_from = ""  # a checkpoint directory to fine-tune from (parameters only)
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "atlas"
+  c.model.size = "tiny"
+  c.model.overrides = ml_collections.ConfigDict()  # ModelConfig fields; `memory` nests MemoryConfig fields
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "bible"  # bible | text | jsonl | tokens | synthetic
+  c.data.path = ""  # glob of files for text, jsonl and tokens sources
+  c.data.tokenizer = "byte"  # byte | sentencepiece | huggingface | tiktoken
+  c.data.tokenizer_path = ""
+  c.data.seq_len = 128
+  c.data.batch_size = 16  # per process and per micro-batch
+  c.data.val_fraction = 0.05
+  c.data.num_workers = 0  # Grain worker processes
+  c.data.seed = 0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.lr = 3e-3
+  c.train.final_lr_fraction = 0.1
+  c.train.warmup_steps = 100
+  c.train.weight_decay = 0.1
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.clip_norm = 1.0
+  c.train.grad_accum = 1
+  c.train.log_every = 10
+  c.train.eval_every = 200
+  c.train.eval_batches = 8
+  c.train.checkpoint_every = 200
+  c.train.keep_checkpoints = 3
+  c.train.async_checkpoint = True
+  c.train.sample_every = 0  # 0: only at the end when sample_tokens > 0
+  c.train.sample_tokens = 200
+  c.train.sample_prompt = "In the beginning"
+  c.train.sample_temperature = 0.8
+  c.train.sample_top_k = 40
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # data, fsdp, tensor
+  c.mesh.rules = DEFAULT_RULES
+  return c

@@ -1,0 +1,60 @@
+"""Entry point: flags → banner → distributed init → ``train_and_evaluate(config, workdir)``.
+
+    python -m experiments.main --config=experiments/configs/demo.py --workdir=/tmp/atlas_demo
+    python -m experiments.main --config=experiments/configs/atlas_760m.py --workdir=gs://... \
+        --config.train.steps=1000 --coordinator_address=host0:1234 --num_processes=8 --process_id=$RANK
+
+Multi-host: pass --coordinator_address/--num_processes/--process_id, or nothing on a TPU pod or a SLURM/Open MPI
+cluster (``jax.distributed.initialize()`` reads the environment there); --distributed=false for one process.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+
+from absl import app, flags, logging
+import jax
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and logs go")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "true", "false"],
+                                 "initialise jax.distributed (auto: when a coordinator is given or detected)")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "number of processes")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialise_distributed() -> None:
+  mode = _DISTRIBUTED.value
+  if mode == "false" or (mode == "auto" and not _COORDINATOR.value):
+    try:
+      if mode == "auto":
+        jax.distributed.initialize()  # TPU pods, SLURM, Open MPI: read from the environment
+    except (ValueError, RuntimeError):
+      pass  # a single process
+    return
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                             process_id=_PROCESS_ID.value)
+
+
+def main(argv):
+  del argv
+  _initialise_distributed()
+  from atlas_jax import __version__
+  from atlas_jax.training.loop import train_and_evaluate
+
+  if jax.process_index() == 0:
+    print(f"atlas-jax {__version__} | jax {jax.__version__} | python {platform.python_version()} | "
+          f"{jax.process_count()} process(es), {jax.device_count()} {jax.devices()[0].platform} device(s)",
+          flush=True)
+  logging.set_verbosity(logging.WARNING)
+  results = train_and_evaluate(flags.FLAGS.config, _WORKDIR.value)
+  if jax.process_index() == 0:
+    print("final: " + json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,100 @@
+"""Tokenize a text corpus into .npy token shards for the ``tokens`` data source (parallel, resumable).
+
+    python -m experiments.prepare_data --input='corpus/*.jsonl' --output=shards/ --tokenizer=sentencepiece \
+        --tokenizer_path=32k.model --workers=8
+
+Each input file becomes one shard ``<output>/<stem>.npy`` (int32; documents separated by the tokenizer's eos);
+``.txt`` files are one document, ``.jsonl`` files one document per line's ``text`` field. A shard is written to a
+temporary name and renamed when complete, so an interrupted run is resumed by running it again: finished shards
+are skipped. ``manifest.json`` lists the shards and their token counts.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import multiprocessing
+import os
+
+from absl import app, flags
+import numpy as np
+
+from atlas_jax.training.tokenizers import make_tokenizer
+
+_INPUT = flags.DEFINE_string("input", None, "glob of .txt / .jsonl files")
+_OUTPUT = flags.DEFINE_string("output", None, "output directory")
+_TOKENIZER = flags.DEFINE_string("tokenizer", "byte", "byte | sentencepiece | huggingface | tiktoken")
+_TOKENIZER_PATH = flags.DEFINE_string("tokenizer_path", "", "tokenizer file")
+_WORKERS = flags.DEFINE_integer("workers", 1, "parallel processes")
+
+
+def _documents(path: str):
+  with open(path, encoding="utf-8") as f:
+    if path.endswith(".jsonl"):
+      for n, line in enumerate(f, 1):
+        if line.strip():
+          try:
+            yield json.loads(line)["text"]
+          except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({e}).") from e
+    else:
+      yield f.read()
+
+
+def shard_path(output: str, path: str) -> str:
+  return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".npy")
+
+
+def tokenize_file(args) -> tuple[str, int]:
+  """Tokenize one file into its shard (skipped if present); returns (shard, token count)."""
+  path, output, kind, tokenizer_path = args
+  target = shard_path(output, path)
+  if os.path.exists(target):
+    return target, int(np.load(target, mmap_mode="r").shape[0])
+  tokenizer = make_tokenizer(kind, tokenizer_path, 1 << 31)
+  ids: list[int] = []
+  for doc in _documents(path):
+    ids.extend(tokenizer.encode(doc))
+    ids.append(tokenizer.eos_id)
+  tmp = target + ".tmp.npy"
+  np.save(tmp, np.asarray(ids, dtype=np.int32))
+  os.replace(tmp, target)
+  return target, len(ids)
+
+
+def prepare(input_glob: str, output: str, tokenizer: str = "byte", tokenizer_path: str = "", workers: int = 1):
+  paths = sorted(glob.glob(input_glob))
+  if not paths:
+    raise FileNotFoundError(f"--input={input_glob!r} matches no file.")
+  stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+  if len(set(stems)) != len(stems):
+    raise ValueError("input files must have distinct names (each becomes <name>.npy).")
+  os.makedirs(output, exist_ok=True)
+  jobs = [(p, output, tokenizer, tokenizer_path) for p in paths]
+  if workers > 1:
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+      results = []
+      for i, result in enumerate(pool.imap(tokenize_file, jobs), 1):
+        results.append(result)
+        print(f"[{i}/{len(jobs)}] {result[0]}: {result[1]:,} tokens", flush=True)
+  else:
+    results = []
+    for i, job in enumerate(jobs, 1):
+      results.append(tokenize_file(job))
+      print(f"[{i}/{len(jobs)}] {results[-1][0]}: {results[-1][1]:,} tokens", flush=True)
+  manifest = {"tokenizer": tokenizer, "tokenizer_path": tokenizer_path,
+              "shards": [{"path": os.path.basename(p), "tokens": n} for p, n in results]}
+  with open(os.path.join(output, "manifest.json"), "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=1)
+  return manifest
+
+
+def main(argv):
+  del argv
+  manifest = prepare(_INPUT.value, _OUTPUT.value, _TOKENIZER.value, _TOKENIZER_PATH.value, _WORKERS.value)
+  print(f"{sum(s['tokens'] for s in manifest['shards']):,} tokens in {len(manifest['shards'])} shards")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["input", "output"])
+  app.run(main)

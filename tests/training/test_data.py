@@ -1,0 +1,90 @@
+"""Data pipeline: tokenizers, sources, packing, Grain iterator state, per-process sharding, errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from atlas_jax.training import data as data_lib
+from atlas_jax.training.tokenizers import ByteTokenizer, make_tokenizer
+from experiments.configs import common
+
+
+def _data_config(**changes):
+  c = common.base_config().data
+  for k, v in changes.items():
+    setattr(c, k, v)
+  return c
+
+
+def test_byte_tokenizer_round_trip():
+  tok = ByteTokenizer()
+  text = "In the beginning — ἀρχή"
+  assert tok.decode(tok.encode(text)) == text and tok.eos_id == 256 and tok.vocab_size == 257
+  with pytest.raises(ValueError, match="vocab_size ≥ 257"):
+    ByteTokenizer(100)
+  with pytest.raises(FileNotFoundError, match="SentencePiece model file not found"):
+    make_tokenizer("sentencepiece", "/nonexistent.model")
+
+
+def test_bible_source_is_real_text_with_a_book_split():
+  train, val = data_lib.bible_documents()
+  assert len(train) > 1000 and len(val) == 1 + 22  # Jude 1, Revelation 1–22
+  assert train[0].startswith("Genesis 1\nIn the beginning God created the heaven and the earth.")
+
+
+def test_text_and_jsonl_sources(tmp_path):
+  for i in range(4):
+    (tmp_path / f"doc{i}.txt").write_text(f"document number {i} " * 20)
+  train, val, _ = data_lib.load_tokens(_data_config(source="text", path=str(tmp_path / "*.txt"), val_fraction=0.25),
+                                       257)
+  assert train.dtype == np.int32 and (train == 256).sum() == 3 and (val == 256).sum() == 1
+  bad = tmp_path / "bad.jsonl"
+  bad.write_text(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "no text"}) + "\n")
+  with pytest.raises(ValueError, match=r"bad.jsonl:2: expected a JSON object with a 'text' field"):
+    data_lib.load_tokens(_data_config(source="jsonl", path=str(bad)), 257)
+
+
+def test_packing_and_iterator_state_replay():
+  tokens = np.arange(1000, dtype=np.int32)
+  ds = data_lib.make_dataset(tokens, seq_len=9, batch_size=4, seed=3)
+  first = ds[0]
+  assert first.shape == (4, 10)
+  assert all(np.array_equal(row, np.arange(row[0], row[0] + 10)) and row[0] % 9 == 0 for row in first)
+  it = data_lib.make_iterator(ds)
+  for _ in range(5):
+    next(it)
+  state = it.get_state()
+  json.dumps(state)  # plain JSON
+  expected = [next(it) for _ in range(3)]
+  it2 = data_lib.make_iterator(ds)
+  it2.set_state(state)
+  for e in expected:
+    np.testing.assert_array_equal(next(it2), e)
+
+
+def test_processes_get_disjoint_shares():
+  tokens = np.arange(2000, dtype=np.int32)
+  shares = [data_lib.make_dataset(tokens, 9, 2, seed=0, process_index=i, process_count=2, repeat=False)
+            for i in range(2)]
+  starts = [{int(r[0]) for b in range(len(s)) for r in s[b]} for s in shares]
+  assert starts[0].isdisjoint(starts[1])
+
+
+def test_prepare_data_writes_shards_and_resumes(tmp_path):
+  from experiments.prepare_data import prepare, shard_path
+
+  for i in range(3):
+    (tmp_path / f"part{i}.jsonl").write_text("\n".join(json.dumps({"text": f"doc {i}.{j}"}) for j in range(4)))
+  out = tmp_path / "shards"
+  manifest = prepare(str(tmp_path / "*.jsonl"), str(out))
+  assert [s["tokens"] for s in manifest["shards"]] == [4 * 8] * 3  # "doc i.j" = 7 bytes + separator
+  first = shard_path(str(out), str(tmp_path / "part0.jsonl"))
+  mtime = __import__("os").path.getmtime(first)
+  prepare(str(tmp_path / "*.jsonl"), str(out))  # a second run skips finished shards
+  assert __import__("os").path.getmtime(first) == mtime
+  train, val, _ = data_lib.load_tokens(_data_config(source="tokens", path=str(out / "*.npy"), val_fraction=0.25),
+                                       257)
+  assert len(train) + len(val) == 96

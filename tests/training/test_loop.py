@@ -1,0 +1,174 @@
+"""The training job end to end: resume after SIGKILL (mid-run and mid-save), NaN stop, fine-tuning, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from atlas_jax.training import loop
+from atlas_jax.training.checkpoint import Checkpointer
+from tests.training import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_FILE = os.path.join(ROOT, "tests", "training", "tiny_config.py")
+
+
+def _final_params(workdir: str, step: int):
+  manager = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  assert step in manager.steps(), manager.steps()
+  import orbax.checkpoint as ocp
+
+  restored = manager.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+  manager.close()
+  return jax.tree_util.tree_map(np.asarray, restored["params"])
+
+
+# A child process that trains with tiny_config and SIGKILLs itself right after `Checkpointer.save(kill_step)`
+# returns: with synchronous saves that is after the step is on disk; with async saves the write is still in
+# flight, so the process dies mid-save.
+_CHILD = r"""
+import os, signal, sys
+sys.path.insert(0, {root!r})
+from atlas_jax.training import checkpoint, loop
+from tests.training import tiny_config
+config = tiny_config.get_config()
+config.unlock()
+config.train.async_checkpoint = {async_save}
+original = checkpoint.Checkpointer.save
+def save(self, step, *args, **kwargs):
+  out = original(self, step, *args, **kwargs)
+  if step == {kill_step}:
+    os.kill(os.getpid(), signal.SIGKILL)
+  return out
+checkpoint.Checkpointer.save = save
+loop.train_and_evaluate(config, {workdir!r})
+"""
+
+
+def _run_child(workdir, kill_step, async_save):
+  code = _CHILD.format(root=ROOT, kill_step=kill_step, async_save=async_save, workdir=workdir)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+
+
+def _assert_same_params(dir_a, dir_b, step):
+  a, b = _final_params(dir_a, step), _final_params(dir_b, step)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  results = loop.train_and_evaluate(tiny_config.get_config(), workdir)
+  assert results["step"] == 6 and np.isfinite(results["val/loss"])
+  return workdir
+
+
+def test_resume_after_sigkill_mid_run(tmp_path, straight_run):
+  killed = str(tmp_path / "killed")
+  _run_child(killed, kill_step=3, async_save=False)
+  assert max(Checkpointer(os.path.join(killed, "checkpoints"), async_save=False).steps()) == 3
+  assert loop.train_and_evaluate(tiny_config.get_config(), killed)["step"] == 6
+  _assert_same_params(straight_run, killed, 6)
+
+
+def test_resume_after_sigkill_during_a_save(tmp_path, straight_run):
+  killed = str(tmp_path / "killed_saving")
+  _run_child(killed, kill_step=4, async_save=True)
+  steps = Checkpointer(os.path.join(killed, "checkpoints"), async_save=False).steps()
+  assert 4 not in steps and max(steps) == 3, steps  # the interrupted save left no listed step
+  assert loop.train_and_evaluate(tiny_config.get_config(), killed)["step"] == 6
+  _assert_same_params(straight_run, killed, 6)
+
+
+def test_corrupted_latest_checkpoint_is_skipped(tmp_path, straight_run, caplog):
+  import shutil
+
+  workdir = str(tmp_path / "corrupt")
+  shutil.copytree(straight_run, workdir)
+  step_dir = os.path.join(workdir, "checkpoints", "6", "params")
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  config = tiny_config.get_config()
+  config.unlock()
+  config.train.steps = 7
+  with caplog.at_level("WARNING"):
+    results = loop.train_and_evaluate(config, workdir)
+  assert results["step"] == 7
+  assert any("step 6" in r.getMessage() and "previous" in r.getMessage() for r in caplog.records)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+  config = tiny_config.get_config()
+  config.unlock()
+  config.train.lr = 1e30  # diverges to inf/nan within a few steps
+  config.train.clip_norm = 1e30
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss .* at step \d+"):
+    loop.train_and_evaluate(config, workdir)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+  last = max(checkpointer.steps())
+  params = _final_params(workdir, last)
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(params))
+
+
+def test_fine_tune_with_another_length_and_mesh(tmp_path, straight_run):
+  config = tiny_config.get_config()
+  config.unlock()
+  config.init_from = os.path.join(straight_run, "checkpoints")
+  config.data.seq_len = 24
+  config.mesh.shape = (2, 2, 2)
+  config.train.steps = 2
+  results = loop.train_and_evaluate(config, str(tmp_path / "finetune"))
+  assert results["step"] == 2 and np.isfinite(results["val/loss"])
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path, straight_run):
+  config = tiny_config.get_config()
+  config.unlock()
+  config.init_from = os.path.join(straight_run, "checkpoints")
+  config.model.overrides.mlp_hidden = 96
+  with pytest.raises(ValueError, match=r"another model: parameter .*mlp.* has shape"):
+    loop.train_and_evaluate(config, str(tmp_path / "other"))
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+  config = tiny_config.get_config()
+  config.unlock()
+  config.data.source = "text"
+  config.data.path = str(tmp_path / "missing*.txt")
+  with pytest.raises(FileNotFoundError, match="matches no file"):
+    loop.train_and_evaluate(config, str(tmp_path / "a"))
+  shard = tmp_path / "tokens.npy"
+  np.save(shard, np.array([1, 2, 300, 4] * 100, np.int32))
+  config.data.source, config.data.path = "tokens", str(shard)
+  with pytest.raises(ValueError, match=r"tokens.npy: 100 token ids outside \[0, 264\)"):
+    loop.train_and_evaluate(config, str(tmp_path / "b"))
+  config.data.source = "synthetic"
+  config.data.seq_len = 10**7
+  with pytest.raises(ValueError, match="sequences of 10000000 need at least"):
+    loop.train_and_evaluate(config, str(tmp_path / "c"))
+  config.data.seq_len = 16
+  config.model.overrides.widht = 3
+  with pytest.raises(ValueError, match=r"unknown model override keys: \['widht'\]"):
+    loop.train_and_evaluate(config, str(tmp_path / "d"))
+
+
+def test_main_rejects_unknown_and_mistyped_flags(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  base = [sys.executable, "-m", "experiments.main", f"--config={CONFIG_FILE}", f"--workdir={tmp_path}",
+          "--distributed=false"]
+  typo = subprocess.run(base + ["--config.train.stepz=3"], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert typo.returncode != 0 and "stepz" in typo.stderr and "Did you mean" in typo.stderr
+  wrong = subprocess.run(base + ["--config.train.steps=many"], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert wrong.returncode != 0 and "steps" in wrong.stderr

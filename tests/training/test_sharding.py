@@ -1,0 +1,54 @@
+"""Sharded execution on 8 fake CPU devices (tests/conftest.py sets them up)."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from atlas_jax.model import AtlasLM
+from atlas_jax.presets import get_preset
+from atlas_jax.sharding import DEFAULT_RULES, logical_rules
+from atlas_jax.training.aot import compile_train_step
+from atlas_jax.training.mesh import make_mesh, mesh_shape, state_shardings
+from atlas_jax.training.step import cross_entropy
+
+CONFIG = get_preset("atlas_mag", "tiny", width=32, num_heads=4, memory_heads=2, memory_head_dim=16, mlp_hidden=64)
+
+
+def test_loss_on_8_devices_equals_one_device():
+  assert jax.device_count() == 8
+  graphdef, params = nnx.split(AtlasLM(CONFIG, rngs=nnx.Rngs(0)))
+  batch = jax.random.randint(jax.random.PRNGKey(1), (8, 17), 0, 256)
+  single = jax.jit(lambda p, b: cross_entropy(graphdef, p, b))(params, batch)
+  mesh = make_mesh((2, 2, 2))
+  sharded_params = jax.device_put(params, state_shardings(params, mesh, DEFAULT_RULES))
+  sharded_batch = jax.device_put(batch, NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
+  with jax.set_mesh(mesh), logical_rules(DEFAULT_RULES):
+    sharded = jax.jit(lambda p, b: cross_entropy(graphdef, p, b))(sharded_params, sharded_batch)
+  some_param = jax.tree_util.tree_leaves(sharded_params)[0]
+  assert len(some_param.sharding.device_set) == 8
+  np.testing.assert_allclose(float(sharded), float(single), rtol=1e-5)
+
+
+def test_mesh_shape_resolution_and_errors():
+  assert mesh_shape((-1, 2, 2), 8) == (2, 2, 2)
+  with pytest.raises(ValueError, match="does not divide 8 devices"):
+    mesh_shape((-1, 3, 1), 8)
+  with pytest.raises(ValueError, match="at most one -1"):
+    mesh_shape((-1, -1, 1), 8)
+  with pytest.raises(ValueError, match="uses 4 devices; 8 are available"):
+    mesh_shape((1, 2, 2), 8)
+
+
+def test_ahead_of_time_compile_on_a_fake_mesh():
+  compiled = compile_train_step(get_preset("atlas", "tiny", scan_layers=True, vocab_size=256), make_mesh((2, 2, 2)),
+                                DEFAULT_RULES, batch_size=8, seq_len=32)
+  assert compiled.memory_analysis() is not None
+
+
+@pytest.mark.slow
+def test_ahead_of_time_compile_of_a_paper_size_model():
+  compile_train_step(get_preset("atlas", "170m"), make_mesh((1, 2, 4)), DEFAULT_RULES, batch_size=8, seq_len=512)
