@@ -42,17 +42,16 @@ def default_block_size(config: MemoryConfig, length: int) -> int:
 
 
 def _read(x, phi_in, s_in, fac, co: Coefficients, pairs):
-  """Rows (Φ_t x_t) for inputs x [R, n] (token granularity; see the module docstring). s_in None: no momentum."""
+  """Rows (Φ_t x_t) for inputs x [R, n] (token granularity; see the module docstring).
+
+  s_in is None without momentum (μ = 0); pairs are Muon's per-row updates 𝐔 [R, m, n].
+  """
+  out = co.alpha_bar[:, None] * (x @ phi_in.T)
   if pairs is not None:  # Muon: 𝐔_τ x_t for all (τ, t), contracted with Dᵅ diag(η).
-    out = co.alpha_bar[:, None] * (x @ phi_in.T)
     return out - jnp.einsum("tu,utm->tm", co.decay_eta, jnp.einsum("umn,tn->utm", pairs, x))
   left, right = fac
-  if s_in is None:
-    out = co.alpha_bar[:, None] * (x @ phi_in.T)
-  else:  # one product for both carried matrices: x [Φ_in; S_in]ᵀ
-    both = x @ jnp.concatenate([phi_in, s_in]).T
-    m = phi_in.shape[0]
-    out = co.alpha_bar[:, None] * both[:, :m] - co.mu[:, None] * both[:, m:]
+  if s_in is not None:
+    out = out - co.mu[:, None] * (x @ s_in.T)
   return out - (co.lam * (x @ right.T)) @ left
 
 
@@ -109,15 +108,11 @@ def _segment_step(config: MemoryConfig, coeffs, carry: MemoryState, seg):
     s_out = _map(lambda s: s[last], s_all)
     decay = decay_in * co.alpha_bar[last]
   else:
-    carried_s = s_in if config.momentum else {n: None for n in s_in}
-    y = _read_memory(config, lambda n, x: _read(x, phi_in[n], carried_s[n], facs[n], co, None), phi_q, q)
-    phi_out, s_out = {}, {}
-    for n, (left, right) in facs.items():
-      # [𝓛ᵀ diag(Λ_l) 𝓡; 𝓛ᵀ diag(Ψ_l) 𝓡] in one product.
-      sums = jnp.concatenate([left * co.lam[last][:, None], left * co.psi[last][:, None]], axis=1).T @ right
-      m = left.shape[1]
-      phi_out[n] = co.alpha_bar[last] * phi_in[n] - co.mu[last] * s_in[n] - sums[:m]
-      s_out[n] = co.theta_bar[last] * s_in[n] + sums[m:]
+    read_s = s_in if config.momentum else {n: None for n in s_in}
+    y = _read_memory(config, lambda n, x: _read(x, phi_in[n], read_s[n], facs[n], co, None), phi_q, q)
+    phi_out = _map(lambda w, s, f: co.alpha_bar[last] * w - co.mu[last] * s - slot_sum(co.lam[last], f),
+                   phi_in, s_in, facs)
+    s_out = _map(lambda s, f: co.theta_bar[last] * s + slot_sum(co.psi[last], f), s_in, facs)
     decay = decay_in * co.alpha_bar[last]
 
   # The window carry: the last W − 1 of the N slots that hold real tokens, i.e. slots L … L + W − 2.
