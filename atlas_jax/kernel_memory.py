@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from atlas_jax.memory.chunked import _plan, default_block_size
+from atlas_jax.memory.chunked import default_block_size, from_segments, plan_segments, to_segments
 from atlas_jax.memory.coefficients import coefficients
 from atlas_jax.memory.config import MemoryConfig
 from atlas_jax.memory.fast_weights import gelu_and_grad
@@ -131,23 +131,17 @@ def kernel_memory(q, k, v, gates: Gates, state: KernelMemoryState, config: Memor
   kernel_factory(params_h) builds one head's κ from that head's slice of `params` (e.g. 1/τ [H]).
   """
   check_config(config, normalized)
-  batch, length, heads, _ = q.shape
+  length = q.shape[1]
   if length == 0:
     return jnp.zeros(v.shape, jnp.float32), state
   if normalized:
     v = jnp.concatenate([v, jnp.ones(v.shape[:-1] + (1,), v.dtype)], axis=-1)
   rows = default_block_size(config, length)
   static = static_position is not None
-  steps, start, valid, token_of_row, out_index = _plan(static_position if static else state.position, length,
-                                                        rows, static)
-  row_valid = jnp.arange(rows)[None, :] < jnp.asarray(valid)[:, None]
-
-  def segments(x):
-    x = jnp.take(x.astype(state.keys.dtype), jnp.asarray(token_of_row), axis=1)
-    x = jnp.where(row_valid.reshape(row_valid.shape + (1,) * (x.ndim - 3))[None], x, 0.0)
-    return jnp.moveaxis(jnp.moveaxis(x, 3, 2), 1, 0)  # [n, B, H, R, ...]
-
-  xs = tuple(segments(x) for x in (q, k, v, gates.log_alpha, gates.eta, gates.gamma))
+  position = static_position if static else state.position
+  _, start, valid, token_of_row, out_index = plan_segments(position, length, rows, static)
+  xs = tuple(to_segments(x, token_of_row, valid, state.keys.dtype)
+             for x in (q, k, v, gates.log_alpha, gates.eta, gates.gamma))
 
   def one_head(p, carry, seg):
     return _segment(config, kernel_factory(p), carry, seg)
@@ -157,8 +151,7 @@ def kernel_memory(q, k, v, gates: Gates, state: KernelMemoryState, config: Memor
   head_state = state._replace(position=None)
   final, y = jax.lax.scan(lambda c, s: step(params, c, s), head_state,
                           (xs, jnp.asarray(valid), jnp.asarray(start)))
-  y = jnp.moveaxis(y, 0, 2).reshape(batch, heads, steps * rows, y.shape[-1])
-  y = jnp.moveaxis(jnp.take(y, jnp.asarray(out_index), axis=2), 1, 2)
+  y = from_segments(y, out_index)
   if normalized:
     y = y[..., :-1] / y[..., -1:]
   return y, final._replace(position=(state.position + length).astype(jnp.int32))

@@ -3,11 +3,15 @@
     LD_PRELOAD=libtcmalloc_minimal.so.4 python -m benchmarks.memory_op            # full table → RESULTS.md
     python -m benchmarks.memory_op --lengths=256,1024 --nowrite                   # quick look
 
-Config (flags): B = 2, H = 4, K = V = 64, mlp memory with F = 256, identity φ, l2, C = 64, W = 4, momentum on,
-Muon off and on. Forward = outputs and final state; forward+backward = gradient of a scalar of the outputs with
+Config (flags): B = 2, H = 4, K = V = 64, mlp memory with F = 256, identity φ, l2, C = 64, W = 4, momentum on;
+Muon off, Muon at chunk granularity (one Newton–Schulz per chunk) and Muon at every position. Per-position Muon
+runs NS on every token's momentum in both implementations — 77–95% of the FLOPs (CHUNKED.md §C.9) — so there the
+chunked form cannot be much faster than the reference; it is timed at short T only. Forward = outputs and final state; forward+backward = gradient of a scalar of the outputs with
 respect to q, k, v, every gate and Φ_init. Times are medians after a warm-up call; memory is XLA's static plan
-(arguments + outputs + temporaries) of the compiled call. The reference's forward+backward is skipped past
---max_reference_backward_length (its scan keeps every token's weights for the backward pass). On CPU, preload tcmalloc (Debian
+(arguments + outputs + temporaries) of the compiled call. Both implementations run with remat=True (xla:
+per chunk; reference: checkpointed blocks of 4·C tokens, without which its backward keeps every token's
+weights, ~5.5 MB per token here). The reference's forward+backward is skipped past
+--max_reference_backward_length. On CPU, preload tcmalloc (Debian
 libtcmalloc-minimal4): glibc malloc makes these numbers swing several-fold. The allocator is recorded.
 """
 
@@ -26,8 +30,7 @@ from atlas_jax.memory.testing import memory_inputs
 _LENGTHS = flags.DEFINE_list("lengths", ["256", "1024", "4096", "16384"], "sequence lengths T")
 _MAX_REFERENCE = flags.DEFINE_integer("max_reference_length", 4096, "longest T timed for the reference")
 _MAX_REFERENCE_BWD = flags.DEFINE_integer(
-    "max_reference_backward_length", 1024,
-    "longest T for the reference's forward+backward (it keeps every token's weights: ~5.5 MB per token here)")
+    "max_reference_backward_length", 4096, "longest T for the reference's forward+backward")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per cell (median)")
 _BATCH = flags.DEFINE_integer("batch", 2, "B")
 _HEADS = flags.DEFINE_integer("heads", 4, "H")
@@ -35,12 +38,17 @@ _DIM = flags.DEFINE_integer("dim", 64, "K = V")
 _HIDDEN = flags.DEFINE_integer("hidden", 256, "F")
 _CHUNK = flags.DEFINE_integer("chunk", 64, "C")
 _WINDOW = flags.DEFINE_integer("window", 4, "W")
-_MUON = flags.DEFINE_list("muon", ["off", "on"], "Muon settings to run")
+_MUON = flags.DEFINE_list("muon", ["off", "chunk", "on"],
+                          "Muon settings: off, chunk (one NS per chunk, SPEC §3.6), on (NS at every position)")
+_MUON_LENGTHS = flags.DEFINE_list("muon_lengths", ["256", "1024"],
+                                  "T for per-position Muon (NS-bound: the same NS work in both paths)")
+_MUON_MAX_REFERENCE = flags.DEFINE_integer("muon_max_reference_length", 1024,
+                                           "longest T for the reference with Muon (NS at every token)")
 _WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
 
 
 def _functions(config: MemoryConfig, implementation: str):
-  run = functools.partial(memory_op, config=config, implementation=implementation, remat=implementation == "xla")
+  run = functools.partial(memory_op, config=config, implementation=implementation, remat=True)
   forward = jax.jit(lambda q, k, v, g, w: run(q, k, v, g, w))
 
   def loss(q, k, v, g, w):
@@ -69,10 +77,11 @@ def main(argv):
   rows, times = [], {}
   for muon in _MUON.value:
     config = MemoryConfig(kind="mlp", window=_WINDOW.value, chunk_size=_CHUNK.value, momentum=True,
-                          muon=muon == "on")
-    for implementation in ("reference", "xla"):
-      for length in lengths:
-        if implementation == "reference" and length > _MAX_REFERENCE.value:
+                          muon=muon != "off", granularity="chunk" if muon == "chunk" else "token")
+    max_reference = _MAX_REFERENCE.value if muon == "off" else _MUON_MAX_REFERENCE.value
+    for length in ([int(t) for t in _MUON_LENGTHS.value] if muon == "on" else lengths):
+      for implementation in ("reference", "xla"):  # back to back, so machine drift hits both alike
+        if implementation == "reference" and length > max_reference:
           continue
         print(f"[memory_op] muon={muon} {implementation} T={length} ...", flush=True)
         with_backward = implementation == "xla" or length <= _MAX_REFERENCE_BWD.value
@@ -89,21 +98,23 @@ def main(argv):
 
   summary = []
   for muon in _MUON.value:
-    lo, hi = min(lengths), max(lengths)
+    muon_lengths = [int(t) for t in _MUON_LENGTHS.value] if muon == "on" else lengths
+    hi = max(muon_lengths)
+    lo = 1024 if 1024 in muon_lengths and hi > 1024 else min(muon_lengths)  # the acceptance's 16K / 1K
     if (muon, "xla", hi) in times and (muon, "xla", lo) in times and hi > lo:
       for i, name in enumerate(("fwd", "fwd+bwd")):
         ratio = times[muon, "xla", hi][i] / times[muon, "xla", lo][i]
         summary.append(f"- Muon {muon}, xla {name}: time(T={hi}) / time(T={lo}) = {ratio:.1f} "
                        f"(T ratio {hi // lo})")
-    for length in lengths:
+    for length in muon_lengths:
       if (muon, "reference", length) in times and (muon, "xla", length) in times:
         ref, xla = times[muon, "reference", length], times[muon, "xla", length]
-        line = f"- Muon {muon}, T={length}: xla is {ref[0] / xla[0]:.1f}× faster than reference (fwd)"
+        line = f"- Muon {muon}, T={length}: speed-up of xla over reference {ref[0] / xla[0]:.1f}× (fwd)"
         if ref[1] is not None:
           line += f", {ref[1] / xla[1]:.1f}× (fwd+bwd)"
         summary.append(line)
   config_line = (f"B={_BATCH.value}, H={_HEADS.value}, K=V={_DIM.value}, mlp F={_HIDDEN.value}, identity φ, l2, "
-                 f"C={_CHUNK.value}, W={_WINDOW.value}, momentum on; float32; xla with remat")
+                 f"C={_CHUNK.value}, W={_WINDOW.value}, momentum on; float32; remat on (both)")
   body = config_line + "\n\n" + common.markdown_table(columns, rows) + "\n\n" + "\n".join(summary)
   print("\n" + "\n".join(common.header()) + "\n\n" + body)
   if _WRITE.value:

@@ -7,6 +7,10 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+# Grain worker processes read absl flags; under pytest nobody parses them.
+flags.FLAGS.mark_as_parsed()
 
 
 def pytest_addoption(parser):

@@ -126,7 +126,7 @@ def _segment_step(config: MemoryConfig, coeffs, carry: MemoryState, seg):
   return new, y
 
 
-def _plan(position, length: int, rows: int, static: bool):
+def plan_segments(position, length: int, rows: int, static: bool):
   """Segments of [p, p + T) cut at multiples of R: per step its start position and valid length, plus the
   input row → token index [n, R] and the token → flat output index [T]."""
   xp = np if static else jnp
@@ -143,6 +143,22 @@ def _plan(position, length: int, rows: int, static: bool):
   t = xp.arange(length) + position
   out_index = (t // rows - first_block) * rows + (t - start[t // rows - first_block])
   return steps, start, valid, token_of_row, out_index
+
+
+def to_segments(x, token_of_row, valid, dtype):
+  """[B, T, H, ...] → [n, B, H, R, ...]: each step's rows; padding rows are 0, i.e. q = k = v = 0, η = γ = 0 and
+  (as log gates) α = θ = 1."""
+  x = jnp.take(x.astype(dtype), jnp.asarray(token_of_row), axis=1)  # [B, n, R, H, ...]
+  row_valid = jnp.arange(x.shape[2])[None, :] < jnp.asarray(valid)[:, None]  # [n, R]
+  x = jnp.where(row_valid.reshape(row_valid.shape + (1,) * (x.ndim - 3))[None], x, 0.0)
+  return jnp.moveaxis(jnp.moveaxis(x, 3, 2), 1, 0)
+
+
+def from_segments(y, out_index):
+  """Step outputs y [n, B, H, R, V] → tokens [B, T, H, V]."""
+  steps, batch, heads, rows, width = y.shape
+  y = jnp.moveaxis(y, 0, 2).reshape(batch, heads, steps * rows, width)
+  return jnp.moveaxis(jnp.take(y, jnp.asarray(out_index), axis=2), 1, 2)
 
 
 def chunked_memory(q, k, v, gates: Gates, state: MemoryState, config: MemoryConfig, feature_coeffs, *,
@@ -185,21 +201,12 @@ def _chunked_scan(q, k, v, gates: Gates, state: MemoryState, config: MemoryConfi
     raise ValueError(f"block_size={rows} must divide chunk_size={config.chunk_size}.")
   static = static_position is not None
   position = static_position if static else state.position
-  steps, start, valid, token_of_row, out_index = _plan(position, length, rows, static)
-  row_valid = jnp.arange(rows)[None, :] < jnp.asarray(valid)[:, None]  # [n, R]
-
+  _, start, valid, token_of_row, out_index = plan_segments(position, length, rows, static)
   dtype = state.window_k.dtype
-
-  def segments(x, fill):
-    """[B, T, H, ...] → [n, B, H, R, ...] with padding rows set to `fill`."""
-    x = jnp.take(x.astype(dtype), jnp.asarray(token_of_row), axis=1)  # [B, n, R, H, ...]
-    mask = row_valid.reshape(row_valid.shape + (1,) * (x.ndim - 3))
-    x = jnp.where(mask[None], x, fill)
-    return jnp.moveaxis(jnp.moveaxis(x, 3, 2), 1, 0)
+  segments = lambda x: to_segments(x, token_of_row, valid, dtype)
 
   log_theta = gates.log_theta if config.momentum else jnp.zeros_like(gates.log_alpha)
-  xs = (segments(q, 0.0), segments(k, 0.0), segments(v, 0.0), segments(gates.log_alpha, 0.0),
-        segments(gates.eta, 0.0), segments(log_theta, 0.0), segments(gates.gamma, 0.0))
+  xs = tuple(segments(x) for x in (q, k, v, gates.log_alpha, gates.eta, log_theta, gates.gamma))
 
   position_out = state.position + length
   head_state = state._replace(position=None)
@@ -214,7 +221,4 @@ def _chunked_scan(q, k, v, gates: Gates, state: MemoryState, config: MemoryConfi
   if remat:
     body = jax.checkpoint(body)
   final, y = jax.lax.scan(body, head_state, (xs, jnp.asarray(valid), jnp.asarray(start)))
-  # y [n, B, H, R, V] → [B, H, n·R, V] → tokens [B, T, H, V].
-  y = jnp.moveaxis(y, 0, 2).reshape(y.shape[1], y.shape[2], steps * rows, y.shape[-1])
-  y = jnp.take(y, jnp.asarray(out_index), axis=2)
-  return jnp.moveaxis(y, 1, 2), final._replace(position=jnp.asarray(position_out, jnp.int32))
+  return from_segments(y, out_index), final._replace(position=jnp.asarray(position_out, jnp.int32))

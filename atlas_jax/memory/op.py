@@ -86,7 +86,8 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
     state: the state returned by a previous call; None starts a sequence at position 0.
     implementation: ``auto`` | ``reference`` | ``xla``.
     block_size: xla only, rows per scan step (a divisor of C); does not change the result.
-    remat: xla only, rematerialise each scan step in the backward pass (less memory, usually faster on CPU).
+    remat: rematerialise in the backward pass: xla, each scan step (less memory, usually faster on CPU);
+      reference, blocks of 4·C tokens (its backward otherwise keeps every token's weights).
     head_groups: xla only, run this many independent scans over equal groups of heads (a divisor of H), which
       XLA may execute concurrently; 2 is faster on a 2-core CPU. Does not change the result.
 
@@ -106,7 +107,8 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
   if length == 0:
     return jnp.zeros(v.shape, q.dtype), state
   if impl == "reference":
-    y, state = reference_memory(q, k, v, gates, state, config, feature_coeffs)
+    y, state = reference_memory(q, k, v, gates, state, config, feature_coeffs,
+                                remat_block=config.chunk_size * 4 if remat else 0)
   else:
     y, state = chunked_memory(q, k, v, gates, state, config, feature_coeffs, static_position=static_position,
                               block_size=block_size, remat=remat, head_groups=head_groups)

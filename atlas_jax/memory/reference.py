@@ -27,7 +27,8 @@ def _window_loss(config: MemoryConfig, anchor, keys, values, gammas, coeffs):
   return jnp.sum(gammas * per_token)
 
 
-def _head_scan(config: MemoryConfig, coeffs, state: MemoryState, q, k, v, log_alpha, eta, log_theta, gamma):
+def _head_scan(config: MemoryConfig, coeffs, state: MemoryState, q, k, v, log_alpha, eta, log_theta, gamma,
+               remat_block: int = 0):
   """One head: q, k [T, K], v [T, V], gates [T]; state without the (B, H) axes → (y [T, V], state)."""
   chunk = config.chunk_size
 
@@ -68,19 +69,35 @@ def _head_scan(config: MemoryConfig, coeffs, state: MemoryState, q, k, v, log_al
     return new, y_t
 
   log_theta = log_theta if log_theta is not None else jnp.zeros_like(log_alpha)
-  state, y = jax.lax.scan(step, state, (q, k, v, log_alpha, eta, log_theta, gamma))
+  xs = (q, k, v, log_alpha, eta, log_theta, gamma)
+  if not remat_block or remat_block >= q.shape[0]:
+    state, y = jax.lax.scan(step, state, xs)
+    return y, state
+  # Checkpointed blocks of tokens: the backward pass keeps the state only at block boundaries and recomputes
+  # each block, instead of keeping every token's weights (the same function; less memory, more compute).
+  length, block = q.shape[0], remat_block
+  full = length // block * block
+  blocked = jax.tree_util.tree_map(lambda x: x[:full].reshape((full // block, block) + x.shape[1:]), xs)
+  state, y = jax.lax.scan(jax.checkpoint(lambda c, x: jax.lax.scan(step, c, x)), state, blocked)
+  y = y.reshape((full,) + y.shape[2:])
+  if full < length:
+    state, y_tail = jax.lax.scan(step, state, jax.tree_util.tree_map(lambda x: x[full:], xs))
+    y = jnp.concatenate([y, y_tail])
   return y, state
 
 
-def reference_memory(q, k, v, gates: Gates, state: MemoryState, config: MemoryConfig, feature_coeffs):
-  """Per-token memory over q, k [B, T, H, K], v [B, T, H, V]; returns (y [B, T, H, V] in the state's dtype, state)."""
+def reference_memory(q, k, v, gates: Gates, state: MemoryState, config: MemoryConfig, feature_coeffs,
+                     remat_block: int = 0):
+  """Per-token memory over q, k [B, T, H, K], v [B, T, H, V]; returns (y [B, T, H, V] in the state's dtype, state).
+
+  remat_block > 0 checkpoints blocks of that many tokens for the backward pass (memory ∝ T / block + block)."""
   dtype = state.window_k.dtype
   to_bht = lambda x: jnp.moveaxis(x.astype(dtype), 2, 1)  # [B, T, H, ...] → [B, H, T, ...]
   position = state.position
   head_state = state._replace(position=None)
 
   def one_head(coeffs, st, *xs):
-    return _head_scan(config, coeffs, st._replace(position=position), *xs)
+    return _head_scan(config, coeffs, st._replace(position=position), *xs, remat_block=remat_block)
 
   gate_list = [gates.log_alpha, gates.eta, gates.log_theta, gates.gamma]
   inputs = [to_bht(x) for x in (q, k, v)] + [None if g is None else to_bht(g) for g in gate_list]

@@ -7,6 +7,9 @@ Sources (``config.data.source``):
   ``jsonl``      JSON-lines files (glob) with a ``text`` field; one document per line.
   ``tokens``     pre-tokenized ``.npy`` shards (glob) of integer ids, already separated by the tokenizer's eos.
   ``synthetic``  in-memory documents of repeated random phrases (for tests and smoke runs).
+  ``huggingface`` a Hugging Face ``datasets`` dataset (``path`` = its name), read in streaming mode: the first
+                 ``max_documents`` documents of ``hf_split`` (field ``hf_text_field``) are taken into memory.
+                 Needs the network (or a local dataset script/directory) and the ``datasets`` package.
 For text sources the last ``val_fraction`` of the documents is the validation split.
 
 Packing: documents are joined with the tokenizer's separator into one stream; window i is
@@ -53,6 +56,26 @@ def bible_documents(val_books=_DEFAULT_VAL_BOOKS) -> tuple[list[str], list[str]]
     doc = f"{book} {chapter}\n" + "\n".join(verses)
     (val if book in val_books else train).append(doc)
   return train, val
+
+
+def huggingface_documents(data_config) -> list[str]:
+  try:
+    import datasets
+  except ImportError as e:
+    raise ImportError("the 'huggingface' source needs the datasets package: pip install datasets") from e
+  stream = datasets.load_dataset(data_config.path, data_config.hf_config or None, split=data_config.hf_split,
+                                 streaming=True)
+  docs = []
+  for n, example in enumerate(stream):
+    if n >= data_config.max_documents:
+      break
+    if data_config.hf_text_field not in example:
+      raise ValueError(f"dataset {data_config.path!r} has no field {data_config.hf_text_field!r}; it has "
+                       f"{sorted(example)}.")
+    docs.append(example[data_config.hf_text_field])
+  if not docs:
+    raise ValueError(f"dataset {data_config.path!r} split {data_config.hf_split!r} yielded no documents.")
+  return docs
 
 
 def _split(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:
@@ -119,10 +142,13 @@ def load_tokens(data_config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, o
             except (json.JSONDecodeError, KeyError, TypeError) as e:
               raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({e}).") from e
     train, val = _split(docs, data_config.val_fraction)
+  elif source == "huggingface":
+    train, val = _split(huggingface_documents(data_config), data_config.val_fraction)
   elif source == "synthetic":
     train, val = _split(synthetic_documents(seed=data_config.seed), data_config.val_fraction)
   else:
-    raise ValueError(f"unknown data source {source!r}; expected bible, text, jsonl, tokens or synthetic.")
+    raise ValueError(f"unknown data source {source!r}; expected bible, text, jsonl, tokens, "
+                     "huggingface or synthetic.")
   train_tokens, val_tokens = _encode(train, tokenizer), _encode(val, tokenizer)
   check_token_range(train_tokens, vocab_size, f"{source} training split")
   check_token_range(val_tokens, vocab_size, f"{source} validation split")

@@ -93,6 +93,10 @@ def _evaluate(eval_step, params, val_tokens, config, batch_sharding) -> float:
 
 
 def _sample(graphdef, params, tokenizer, config) -> str:
+  """A sample continuation of ``sample_prompt`` (single-process runs; on several processes the parameters are
+  not addressable from one host, so sampling is skipped)."""
+  if jax.process_count() > 1:
+    return "(sampling is skipped in multi-process runs)"
   prompt_ids = np.asarray(tokenizer.encode(config.train.sample_prompt), np.int32)[None]
   if prompt_ids.shape[1] == 0:
     return ""

@@ -17,8 +17,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.overrides = ml_collections.ConfigDict()  # ModelConfig fields; `memory` nests MemoryConfig fields
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "bible"  # bible | text | jsonl | tokens | synthetic
-  c.data.path = ""  # glob of files for text, jsonl and tokens sources
+  c.data.source = "bible"  # bible | text | jsonl | tokens | synthetic | huggingface
+  c.data.path = ""  # glob of files for text, jsonl and tokens; the dataset name for huggingface
+  c.data.hf_config = ""  # huggingface: dataset config name
+  c.data.hf_split = "train"
+  c.data.hf_text_field = "text"
+  c.data.max_documents = 100_000  # huggingface: documents streamed into memory
   c.data.tokenizer = "byte"  # byte | sentencepiece | huggingface | tiktoken
   c.data.tokenizer_path = ""
   c.data.seq_len = 128
@@ -52,4 +56,30 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # data, fsdp, tensor
   c.mesh.rules = DEFAULT_RULES
+  return c
+
+
+# Table 7 of the paper (PAPER_NOTES.md): peak learning rate and training tokens per size.
+PAPER_SETTINGS = {"170m": (3e-3, 15e9), "340m": (1.5e-3, 15e9), "760m": (1.25e-3, 30e9), "1.3b": (7e-4, 100e9)}
+
+
+def paper_config(size: str, preset: str | None) -> ml_collections.ConfigDict:
+  """A paper setting: 4K context, 0.5M tokens per step (16 × 8 accumulation × 4096 per process on one host;
+  divide batch_size or grad_accum by the process count), AdamW with cosine decay, FineWeb-Edu-like .npy shards."""
+  lr, tokens = PAPER_SETTINGS[size]
+  c = base_config()
+  c.model.preset = preset or "atlas"
+  c.model.size = size
+  c.data.source = "tokens"
+  c.data.seq_len = 4096
+  c.data.batch_size = 16
+  c.train.grad_accum = 8
+  c.train.steps = int(tokens // 2**19)
+  c.train.lr = lr
+  c.train.warmup_steps = 2000
+  c.train.log_every = 50
+  c.train.eval_every = 2000
+  c.train.checkpoint_every = 1000
+  c.train.sample_tokens = 0
+  c.lock()
   return c

@@ -1,7 +1,7 @@
 """Paper setting 760m (PAPER_NOTES.md, Table 7): 24 blocks × 1536, 30B tokens of 0.5M, 4K context.
 
-    python -m experiments.main --config=experiments/configs/paper_760m.py:atlas --workdir=gs://bucket/atlas_760m \
-        --config.data.source=tokens --config.data.path='gs://bucket/fineweb_edu/*.npy' \
+    python -m experiments.main --config=experiments/configs/paper_760m.py:atlas --workdir=/shared/runs/atlas_760m \
+        --config.data.source=tokens --config.data.path='/shared/fineweb_edu/*.npy' \
         --config.data.tokenizer=sentencepiece --config.data.tokenizer_path=/path/to/32k.model \
         --config.mesh.shape=-1,8,1
 
@@ -16,21 +16,4 @@ from experiments.configs import common
 
 
 def get_config(arg: str | None = None):
-  c = common.base_config()
-  c.model.preset = arg or "atlas"
-  c.model.size = "760m"
-  c.data.source = "tokens"
-  c.data.seq_len = 4096
-  c.data.batch_size = 16
-  c.train.grad_accum = 8
-  c.train.steps = 57220
-  c.train.lr = 1.25e-3
-  c.train.warmup_steps = 2000
-  c.train.weight_decay = 0.1
-  c.train.log_every = 50
-  c.train.eval_every = 2000
-  c.train.checkpoint_every = 1000
-  c.train.sample_tokens = 0
-  c.mesh.shape = (-1, 1, 1)
-  c.lock()
-  return c
+  return common.paper_config("760m", arg)

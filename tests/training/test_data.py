@@ -88,3 +88,40 @@ def test_prepare_data_writes_shards_and_resumes(tmp_path):
   train, val, _ = data_lib.load_tokens(_data_config(source="tokens", path=str(out / "*.npy"), val_fraction=0.25),
                                        257)
   assert len(train) + len(val) == 96
+
+
+def test_huggingface_source_streams_offline(monkeypatch):
+  """The Hugging Face source, with `load_dataset` served by an in-memory dataset (no network)."""
+  datasets = pytest.importorskip("datasets")
+  calls = {}
+
+  def fake_load_dataset(path, name=None, split=None, streaming=False):
+    calls.update(path=path, name=name, split=split, streaming=streaming)
+    rows = {"text": [f"story number {i}" for i in range(10)], "id": list(range(10))}
+    return datasets.Dataset.from_dict(rows).to_iterable_dataset()
+
+  monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+  config = _data_config(source="huggingface", path="someone/stories", max_documents=8, val_fraction=0.25)
+  train, val, _ = data_lib.load_tokens(config, 257)
+  assert calls == {"path": "someone/stories", "name": None, "split": "train", "streaming": True}
+  assert (train == 256).sum() == 6 and (val == 256).sum() == 2
+  config.hf_text_field = "body"
+  with pytest.raises(ValueError, match="has no field 'body'"):
+    data_lib.load_tokens(config, 257)
+
+
+def test_worker_processes_give_the_same_batches():
+  """Grain worker processes (spawned) produce exactly the in-process batches, and replay from a state."""
+  tokens = np.arange(3000, dtype=np.int32)
+  ds = data_lib.make_dataset(tokens, seq_len=9, batch_size=4, seed=1)
+  plain = data_lib.make_iterator(ds)
+  expected = [next(plain) for _ in range(6)]
+  workers = data_lib.make_iterator(ds, num_workers=2)
+  got = [next(workers) for _ in range(3)]
+  state = workers.get_state()
+  got += [next(workers) for _ in range(3)]
+  for e, g in zip(expected, got):
+    np.testing.assert_array_equal(e, g)
+  replay = data_lib.make_iterator(ds, num_workers=2)
+  replay.set_state(state)
+  np.testing.assert_array_equal(next(replay), expected[3])

@@ -1,0 +1,88 @@
+"""Training throughput per preset at one fixed size: tokens/s and FLOP utilisation of a full train step.
+
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python -m benchmarks.train_throughput            # → RESULTS.md
+
+Every preset at the demo's size (2 layers × 128, byte vocabulary, batch 16 × 128 tokens; C = 64 for the
+memory presets), plus two variants that price the presets' Muon choice (SPEC.md §3.6): ATLAS with per-token
+Muon and ATLAS without Muon. A step is forward + backward + AdamW. FLOPs are XLA's count of the compiled step;
+utilisation is against a 1024³ float32 matmul timed in the same process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from atlas_jax.model import AtlasLM
+from atlas_jax.presets import PRESETS, get_preset
+from atlas_jax.training.step import make_train_step
+from benchmarks import common
+
+_PRESETS = flags.DEFINE_list("presets", list(PRESETS), "presets to time")
+_STEPS = flags.DEFINE_integer("repeats", 5, "timed steps (median)")
+_BATCH = flags.DEFINE_integer("batch", 16, "sequences per step")
+_SEQ = flags.DEFINE_integer("seq_len", 128, "tokens per sequence")
+_WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
+
+
+def _config(name: str, variant: str = ""):
+  config = get_preset(name, "tiny", vocab_size=257, width=128, num_heads=4, mlp_hidden=384)
+  if config.blocks[0] in ("memory", "mag", "mal", "kernel_memory"):
+    config = config.replace(memory=dataclasses.replace(config.memory, chunk_size=64))
+  if variant == "token-muon":
+    config = config.replace(memory=dataclasses.replace(config.memory, granularity="token"))
+  elif variant == "no-muon":
+    config = config.replace(memory=dataclasses.replace(config.memory, muon=False, granularity="token"))
+  return config
+
+
+def _matmul_peak() -> float:
+  a = jnp.ones((1024, 1024), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  return 2 * 1024**3 / common.time_call(f, a, repeats=10)
+
+
+def _measure(config) -> tuple[float, float]:
+  graphdef, params = nnx.split(AtlasLM(config, rngs=nnx.Rngs(0)))
+  tx = optax.adamw(1e-3)
+  opt_state = tx.init(params)
+  step = jax.jit(make_train_step(graphdef, tx, 1))
+  batch = jax.random.randint(jax.random.PRNGKey(0), (_BATCH.value, _SEQ.value + 1), 0, config.vocab_size)
+  cost = step.lower(params, opt_state, batch).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0)) if cost else 0.0
+  seconds = common.time_call(step, params, opt_state, batch, repeats=_STEPS.value)
+  return seconds, flops
+
+
+def main(argv):
+  del argv
+  peak = _matmul_peak()
+  runs = [(name, "") for name in _PRESETS.value]
+  if "atlas" in _PRESETS.value:
+    runs += [("atlas", "token-muon"), ("atlas", "no-muon")]
+  rows = []
+  for name, variant in runs:
+    label = name + (f" ({variant})" if variant else "")
+    print(f"[train_throughput] {label} ...", flush=True)
+    seconds, flops = _measure(_config(name, variant))
+    tokens = _BATCH.value * _SEQ.value
+    rows.append([label, f"{seconds * 1e3:,.0f}", f"{tokens / seconds:,.0f}", f"{flops / seconds / 1e9:,.1f}",
+                 f"{100 * flops / seconds / peak:.1f}%"])
+    print("  " + " | ".join(rows[-1]), flush=True)
+  body = (f"2 layers × 128, vocab 257, batch {_BATCH.value} × {_SEQ.value}, float32, AdamW; memory presets with "
+          f"C = 64. Matmul peak (1024³ f32, this process): {peak / 1e9:,.0f} GFLOP/s.\n\n" +
+          common.markdown_table(["model", "step ms", "tokens/s", "GFLOP/s (XLA count)", "of matmul peak"], rows))
+  print("\n" + "\n".join(common.header()) + "\n\n" + body)
+  if _WRITE.value:
+    common.append_results("Training throughput per preset (benchmarks/train_throughput.py)", body)
+
+
+if __name__ == "__main__":
+  app.run(main)
