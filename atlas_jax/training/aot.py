@@ -27,13 +27,12 @@ def compile_train_step(model_config, mesh, rules, batch_size: int, seq_len: int,
 
   from atlas_jax.sharding import logical_rules
   from atlas_jax.training.loop import abstract_train_state
+  from atlas_jax.training.mesh import with_shardings as as_target
   from atlas_jax.training.optim import make_optimizer
   from atlas_jax.training.step import make_train_step
 
   tx = make_optimizer(train_config or default_train_config())
   graphdef, params, param_sh, opt, opt_sh = abstract_train_state(model_config, tx, mesh, rules)
-  as_target = lambda tree, sh: jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, sh)
   batch = jax.ShapeDtypeStruct((batch_size, seq_len + 1), jnp.int32,
                                sharding=NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
   with jax.set_mesh(mesh), logical_rules(rules):

@@ -137,8 +137,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   init_params = jax.jit(lambda: nnx.split(AtlasLM(model_config, rngs=nnx.Rngs(config.seed)))[1],
                         out_shardings=param_shardings)
   init_opt = jax.jit(tx.init, out_shardings=opt_shardings)
-  as_target = lambda tree, shardings: jax.tree_util.tree_map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+  as_target = mesh_lib.with_shardings
 
   with jax.set_mesh(mesh), logical_rules(rules):
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,

@@ -53,3 +53,8 @@ def like_params(tree, params_structure, param_shardings, replicated):
     return jax.tree_util.tree_map(lambda _: replicated, node)
 
   return jax.tree_util.tree_map(visit, tree, is_leaf=lambda n: jax.tree_util.tree_structure(n) == params_structure)
+
+
+def with_shardings(tree, shardings):
+  """ShapeDtypeStructs of `tree` carrying `shardings`: a target for jit lowering or an Orbax restore."""
+  return jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -60,10 +60,10 @@ def test_gradient_accumulation_equals_one_large_batch():
   from atlas_jax.training.step import make_train_step
 
   graphdef, params = nnx.split(AtlasLM(CONFIG, rngs=nnx.Rngs(0)))
-  tx = optax.adamw(1e-2)
+  tx = optax.sgd(1.0)  # the update is the gradient itself (Adam would amplify rounding of tiny gradients)
   batch = jax.random.randint(jax.random.PRNGKey(2), (8, 17), 0, 256)
   one = jax.jit(make_train_step(graphdef, tx, 1))(params, tx.init(params), batch)
   four = jax.jit(make_train_step(graphdef, tx, 4))(params, tx.init(params), batch)
   np.testing.assert_allclose(float(four[2]["loss"]), float(one[2]["loss"]), rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(four[0]), jax.tree_util.tree_leaves(one[0])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

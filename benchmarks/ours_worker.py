@@ -1,0 +1,51 @@
+"""Times atlas-jax's memory layer at the peer comparison's configuration; prints one JSON line.
+
+Matched to benchmarks/titans_worker.py: width 256, 4 heads of 64, a 2-layer MLP memory with expansion 4, chunk
+64, batch 2, Titans' update rule (W = 1, momentum, retention, identity φ, l2). Peak RSS is the whole process's.
+"""
+
+import argparse
+import json
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from atlas_jax.memory import MemoryConfig
+from atlas_jax.memory_layer import MemoryLayer
+from atlas_jax.presets import get_preset
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--length", type=int, required=True)
+  p.add_argument("--batch", type=int, default=2)
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--mode", choices=["fwd", "bwd"], required=True)
+  args = p.parse_args()
+  config = get_preset("titans", "tiny", width=256, memory_heads=4, memory_head_dim=64, memory_hidden=256,
+                      memory=MemoryConfig(kind="mlp", chunk_size=64, momentum=True))
+  graphdef, params = nnx.split(MemoryLayer(config, rngs=nnx.Rngs(0)))
+  x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, args.length, 256))
+  apply = lambda params, x: nnx.merge(graphdef, params)(x)[0]
+  if args.mode == "fwd":
+    fn = jax.jit(apply)
+  else:
+    fn = jax.jit(jax.grad(lambda params, x: jnp.sum(apply(params, x) ** 2), argnums=(0, 1)))
+  jax.block_until_ready(fn(params, x))  # compile + warm-up
+  times = []
+  for _ in range(args.repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(params, x))
+    times.append(time.perf_counter() - start)
+  seconds = statistics.median(times)
+  print(json.dumps({"seconds": seconds, "tokens_per_s": args.batch * args.length / seconds,
+                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "jax": jax.__version__}))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,87 @@
+"""Our memory layer against titans-pytorch's NeuralMemory on the same CPU, one command, same allocator.
+
+    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch==2.13.0 titans-pytorch
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python -m benchmarks.peers_cpu --torch_python=/tmp/torchvenv/bin/python
+
+Matched configuration: width 256, 4 heads of 64, chunk 64, 2-layer MLP memory with expansion 4, batch 2,
+T ∈ {1024, 4096}. Each cell runs in a fresh process (so peak RSS is that cell's): median of --repeats timed calls
+after a warm-up. Forward+backward is the gradient of Σ y² with respect to the input (and, for us, the
+parameters). Semantics differ and are stated in the table: we read the memory at every token (y_t = M(q_t; Φ_t)
+after token t's update, gradients anchored per chunk of 64); titans-pytorch reads at chunk granularity and, in
+its default mode (batch_size=None), takes every gradient at the call's initial weights; batch_size=64 re-anchors
+every chunk as Titans and SPEC.md define it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+from benchmarks import common
+
+_TORCH_PYTHON = flags.DEFINE_string("torch_python", None, "python of a venv with torch and titans-pytorch")
+_LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096"], "sequence lengths")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per cell (median)")
+_WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _run(cmd: list[str]) -> dict:
+  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(_HERE))
+  if proc.returncode != 0:
+    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+  del argv
+  sides = [("atlas-jax memory layer", "per-token reads, anchored per chunk of 64",
+            lambda t, m: [sys.executable, "-m", "benchmarks.ours_worker", f"--length={t}", f"--mode={m}",
+                          f"--repeats={_REPEATS.value}"])]
+  if _TORCH_PYTHON.value:
+    worker = os.path.join(_HERE, "titans_worker.py")
+    for batch_size, semantics in ((0, "chunk reads, all gradients at the initial weights (batch_size=None)"),
+                                  (64, "chunk reads, re-anchored every 64 (batch_size=64)")):
+      sides.append((f"titans-pytorch{'' if not batch_size else ' batch_size=64'}", semantics,
+                    lambda t, m, b=batch_size: [_TORCH_PYTHON.value, worker, f"--length={t}", f"--mode={m}",
+                                                f"--batch_size={b}", f"--repeats={_REPEATS.value}"]))
+  else:
+    print("--torch_python not given: timing atlas-jax only.")
+  rows, results = [], {}
+  for length in (int(t) for t in _LENGTHS.value):
+    for name, semantics, command in sides:
+      cell = {}
+      for mode in ("fwd", "bwd"):
+        print(f"[peers_cpu] {name} T={length} {mode} ...", flush=True)
+        cell[mode] = _run(command(length, mode))
+      results[name, length] = cell
+      rows.append([name, semantics, str(length), f"{cell['fwd']['tokens_per_s']:,.0f}",
+                   f"{cell['bwd']['tokens_per_s']:,.0f}", f"{cell['fwd']['peak_rss_mib']:,.0f}",
+                   f"{cell['bwd']['peak_rss_mib']:,.0f}"])
+      print("  " + " | ".join(rows[-1]), flush=True)
+  ours = sides[0][0]
+  summary = []
+  for name, _, _ in sides[1:]:
+    for length in (int(t) for t in _LENGTHS.value):
+      a, b = results[ours, length], results[name, length]
+      summary.append(
+          f"- T={length}, ours vs {name}: {a['fwd']['tokens_per_s'] / b['fwd']['tokens_per_s']:.2f}× (fwd), "
+          f"{a['bwd']['tokens_per_s'] / b['bwd']['tokens_per_s']:.2f}× (fwd+bwd) tokens/s; peak RSS "
+          f"{a['bwd']['peak_rss_mib'] / b['bwd']['peak_rss_mib']:.2f}× theirs (fwd+bwd)")
+  versions = [f"torch {results[name, int(_LENGTHS.value[0])]['fwd'].get('torch', '?')}" for name, _, _ in sides[1:2]]
+  body = ("Width 256, 4 heads × 64, chunk 64, 2-layer MLP memory (expansion 4), batch 2, float32; each cell a "
+          f"fresh process; medians of {_REPEATS.value} calls after warm-up. {', '.join(versions)}\n\n" +
+          common.markdown_table(["implementation", "semantics", "T", "fwd tok/s", "fwd+bwd tok/s",
+                                 "fwd peak RSS MiB", "fwd+bwd peak RSS MiB"], rows) + "\n\n" + "\n".join(summary))
+  print("\n" + "\n".join(common.header()) + "\n\n" + body)
+  if _WRITE.value:
+    common.append_results("Peer comparison on CPU: titans-pytorch (benchmarks/peers_cpu.py)", body)
+
+
+if __name__ == "__main__":
+  app.run(main)
