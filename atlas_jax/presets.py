@@ -65,13 +65,20 @@ PRESETS = ("transformer++", "swa", "delta", "titans", "omeganet", "atlas", "atla
 
 
 def get_preset(name: str, size: str = "tiny", **overrides) -> ModelConfig:
-  """The ModelConfig of preset `name` at `size`, with optional field overrides."""
+  """The ModelConfig of preset `name` at `size`, with optional field overrides.
+
+  Derived fields follow the overrides: a new width (or num_heads, num_layers, memory_head_dim) re-derives the
+  memory heads, the SwiGLU width and the block list unless those are overridden too.
+  """
   if size not in SIZES:
     raise ValueError(f"unknown size {size!r}; expected one of {list(SIZES)}.")
   layers, width, heads, vocab = SIZES[size]
+  layers = overrides.get("num_layers", layers)
+  width = overrides.get("width", width)
+  heads = overrides.get("num_heads", heads)
   tiny = size == "tiny"
   block, memory, poly = _memory(name, tiny)
-  mem_dim = (16 if tiny else 32) if poly else width // heads
+  mem_dim = overrides.get("memory_head_dim", (16 if tiny else 32) if poly else width // heads)
   config = ModelConfig(
       vocab_size=vocab, width=width, num_layers=layers, blocks=(block,) * layers, num_heads=heads,
       swa_window=16 if tiny else 512, mlp_hidden=64 * math.ceil(8 * width / 3 / 64), memory=memory,

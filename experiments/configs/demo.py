@@ -24,6 +24,7 @@ def get_config(arg: str | None = None):
   c.model.overrides.blocks = (("attention" if c.model.preset == "transformer++" else "memory"),) * 2
   c.model.overrides.num_heads = 4
   c.model.overrides.mlp_hidden = 384
+  c.model.overrides.memory_heads = 4  # 4 memory heads of 16 (H·V = 64, projected back to 128)
   # C = 64 amortises the one Newton–Schulz per chunk of ATLAS's chunk-granularity Muon (C = 8 is 6× slower).
   c.model.overrides.memory = ml_collections.ConfigDict({"chunk_size": 64})
   c.data.source = "bible"
