@@ -64,8 +64,10 @@ PAPER_SETTINGS = {"170m": (3e-3, 15e9), "340m": (1.5e-3, 15e9), "760m": (1.25e-3
 
 
 def paper_config(size: str, preset: str | None) -> ml_collections.ConfigDict:
-  """A paper setting: 4K context, 0.5M tokens per step (16 × 8 accumulation × 4096 per process on one host;
-  divide batch_size or grad_accum by the process count), AdamW with cosine decay, FineWeb-Edu-like .npy shards."""
+  """A paper setting (Table 7): the preset `preset` (default atlas) at `size`, 4K context, 0.5M tokens per step
+  (batch_size 16 × grad_accum 8 × 4096 tokens on one process; divide batch_size or grad_accum by the process
+  count), AdamW with warmup + cosine decay, weight decay 0.1. Data: FineWeb-Edu tokenized offline with a 32K
+  tokenizer into .npy shards (``python -m experiments.prepare_data``); nothing is shipped."""
   lr, tokens = PAPER_SETTINGS[size]
   c = base_config()
   c.model.preset = preset or "atlas"
