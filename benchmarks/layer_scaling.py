@@ -1,0 +1,79 @@
+"""Token-mixer scaling with T: ATLAS, Titans-style and delta-style memory layers against softmax attention.
+
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python -m benchmarks.layer_scaling           # → RESULTS.md
+
+Width 256, batch 1, float32. Memory layers: 4 heads of 64 (ATLAS: 8 heads of 32 with degree-2 φ, W = 8, Muon at
+chunk granularity), C = 64. Attention: 4 heads of 64, causal, ``jax.nn.dot_product_attention`` (XLA on CPU).
+A cell is skipped when XLA's memory plan exceeds --max_plan_gib or one call exceeds --max_call_s (then it is
+timed once). Where the memory layers' lines cross attention's is the point of the table.
+"""
+
+from __future__ import annotations
+
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from atlas_jax.attention import Attention
+from atlas_jax.memory_layer import MemoryLayer
+from atlas_jax.presets import get_preset
+from benchmarks import common
+
+_LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096", "16384", "65536"], "sequence lengths")
+_MAX_PLAN = flags.DEFINE_float("max_plan_gib", 12.0, "skip cells whose XLA memory plan is larger")
+_MAX_CALL = flags.DEFINE_float("max_call_s", 30.0, "time a cell once when a call is slower than this")
+_WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
+
+
+def _layers():
+  width = 256
+  make = lambda name, **kw: MemoryLayer(get_preset(name, "tiny", width=width, **kw), rngs=nnx.Rngs(0))
+  return {
+      "ATLAS memory layer": make("atlas", memory_head_dim=32, memory=get_preset("atlas", "170m").memory),
+      "Titans-style (mlp, momentum)": make("titans", memory_head_dim=64, memory=get_preset("titans", "170m").memory),
+      "delta-style (linear)": make("delta", memory_head_dim=64, memory=get_preset("delta", "170m").memory),
+      "softmax attention": Attention(width, 4, rngs=nnx.Rngs(0)),
+  }
+
+
+def _cell(layer, length):
+  graphdef, params = nnx.split(layer)
+  apply = lambda p, x: nnx.merge(graphdef, p)(x)[0]
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, length, 256))
+  out = []
+  for fn in (jax.jit(apply), jax.jit(jax.grad(lambda p, x: jnp.sum(apply(p, x) ** 2)))):
+    plan = common.compiled_peak_bytes(fn, params, x)
+    if plan is not None and plan > _MAX_PLAN.value * 2**30:
+      out.append((None, plan))
+      continue
+    start = time.perf_counter()
+    jax.block_until_ready(fn(params, x))
+    first = time.perf_counter() - start
+    seconds = first if first > _MAX_CALL.value else common.time_call(fn, params, x, repeats=3)
+    out.append((seconds, plan))
+  return out
+
+
+def main(argv):
+  del argv
+  rows = []
+  for name, layer in _layers().items():
+    for length in (int(t) for t in _LENGTHS.value):
+      print(f"[layer_scaling] {name} T={length} ...", flush=True)
+      (fwd, _), (bwd, plan) = _cell(layer, length)
+      fmt = lambda s: "skipped (memory)" if s is None else f"{length / s:,.0f}"
+      rows.append([name, f"{length:,}", fmt(fwd), fmt(bwd), "—" if plan is None else f"{plan / 2**30:.2f}"])
+      print("  " + " | ".join(rows[-1]), flush=True)
+  body = ("Width 256, batch 1, float32; tokens/s (median of 3 after warm-up, or one call when slower than "
+          f"{_MAX_CALL.value:.0f} s); forward+backward plan is XLA's memory plan.\n\n" +
+          common.markdown_table(["layer", "T", "fwd tok/s", "fwd+bwd tok/s", "fwd+bwd plan GiB"], rows))
+  print("\n" + "\n".join(common.header()) + "\n\n" + body)
+  if _WRITE.value:
+    common.append_results("Layer scaling with T (benchmarks/layer_scaling.py)", body)
+
+
+if __name__ == "__main__":
+  app.run(main)
