@@ -83,3 +83,10 @@ def append_results(title: str, body: str) -> None:
     if new:
       f.write("# Benchmark results\n\nWritten by the benchmark scripts; never edited by hand.\n")
     f.write(f"\n## {title}\n\n" + "\n".join(header()) + "\n\n" + body + "\n")
+
+
+def report(title: str, body: str, write: bool) -> None:
+  """Print the table with the machine header; append it to RESULTS.md when `write`."""
+  print("\n" + "\n".join(header()) + "\n\n" + body)
+  if write:
+    append_results(title, body)

@@ -80,9 +80,7 @@ def main(argv):
   body = ("Demo size (2 layers × 128, byte vocabulary), batch 1, float32; one jitted decoding step at each context "
           f"length, median of {_REPEATS.value}.\n\n" +
           common.markdown_table(["model", "context", "ms / token", "decode state MiB"], rows))
-  print("\n" + "\n".join(common.header()) + "\n\n" + body)
-  if _WRITE.value:
-    common.append_results("Decoding vs context length (benchmarks/decode.py)", body)
+  common.report("Decoding vs context length (benchmarks/decode.py)", body, _WRITE.value)
 
 
 if __name__ == "__main__":

@@ -70,9 +70,7 @@ def main(argv):
   body = ("Width 256, batch 1, float32; tokens/s (median of 3 after warm-up, or one call when slower than "
           f"{_MAX_CALL.value:.0f} s); forward+backward plan is XLA's memory plan.\n\n" +
           common.markdown_table(["layer", "T", "fwd tok/s", "fwd+bwd tok/s", "fwd+bwd plan GiB"], rows))
-  print("\n" + "\n".join(common.header()) + "\n\n" + body)
-  if _WRITE.value:
-    common.append_results("Layer scaling with T (benchmarks/layer_scaling.py)", body)
+  common.report("Layer scaling with T (benchmarks/layer_scaling.py)", body, _WRITE.value)
 
 
 if __name__ == "__main__":

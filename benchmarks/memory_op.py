@@ -116,9 +116,7 @@ def main(argv):
   config_line = (f"B={_BATCH.value}, H={_HEADS.value}, K=V={_DIM.value}, mlp F={_HIDDEN.value}, identity φ, l2, "
                  f"C={_CHUNK.value}, W={_WINDOW.value}, momentum on; float32; remat on (both)")
   body = config_line + "\n\n" + common.markdown_table(columns, rows) + "\n\n" + "\n".join(summary)
-  print("\n" + "\n".join(common.header()) + "\n\n" + body)
-  if _WRITE.value:
-    common.append_results("Memory op: reference vs xla (benchmarks/memory_op.py)", body)
+  common.report("Memory op: reference vs xla (benchmarks/memory_op.py)", body, _WRITE.value)
 
 
 if __name__ == "__main__":

@@ -78,9 +78,7 @@ def main(argv):
           f"fresh process; medians of {_REPEATS.value} calls after warm-up. {', '.join(versions)}\n\n" +
           common.markdown_table(["implementation", "semantics", "T", "fwd tok/s", "fwd+bwd tok/s",
                                  "fwd peak RSS MiB", "fwd+bwd peak RSS MiB"], rows) + "\n\n" + "\n".join(summary))
-  print("\n" + "\n".join(common.header()) + "\n\n" + body)
-  if _WRITE.value:
-    common.append_results("Peer comparison on CPU: titans-pytorch (benchmarks/peers_cpu.py)", body)
+  common.report("Peer comparison on CPU: titans-pytorch (benchmarks/peers_cpu.py)", body, _WRITE.value)
 
 
 if __name__ == "__main__":

@@ -79,9 +79,7 @@ def main(argv):
   body = (f"2 layers × 128, vocab 257, batch {_BATCH.value} × {_SEQ.value}, float32, AdamW; memory presets with "
           f"C = 64. Matmul peak (1024³ f32, this process): {peak / 1e9:,.0f} GFLOP/s.\n\n" +
           common.markdown_table(["model", "step ms", "tokens/s", "GFLOP/s (XLA count)", "of matmul peak"], rows))
-  print("\n" + "\n".join(common.header()) + "\n\n" + body)
-  if _WRITE.value:
-    common.append_results("Training throughput per preset (benchmarks/train_throughput.py)", body)
+  common.report("Training throughput per preset (benchmarks/train_throughput.py)", body, _WRITE.value)
 
 
 if __name__ == "__main__":
