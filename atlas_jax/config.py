@@ -36,7 +36,8 @@ class ModelConfig:
     dtype / param_dtype: activation and parameter dtypes (memory state is always float32).
     scan_layers: run the layers with ``nnx.scan`` over stacked parameters (needs identical block types).
     remat: ``none`` or ``full`` (rematerialise each block in the backward pass).
-    memory_implementation: ``auto`` | ``reference`` | ``xla``; memory_remat: remat inside the memory scan.
+    memory_implementation: ``auto`` | ``reference`` | ``xla`` | ``pallas`` (see ``atlas_jax.memory.op``);
+      memory_remat: remat inside the memory scan.
   """
 
   vocab_size: int = 256
@@ -74,6 +75,9 @@ class ModelConfig:
       raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}.")
     if self.dtype not in _DTYPES or self.param_dtype not in _DTYPES:
       raise ValueError(f"dtype={self.dtype!r}, param_dtype={self.param_dtype!r}; expected one of {list(_DTYPES)}.")
+    if self.memory_implementation not in ("auto", "reference", "xla", "pallas"):
+      raise ValueError(f"memory_implementation={self.memory_implementation!r}; expected 'auto', 'reference', "
+                       "'xla' or 'pallas'.")
     if self.remat not in ("none", "full"):
       raise ValueError(f"remat={self.remat!r}; expected 'none' or 'full'.")
     if self.scan_layers and len(set(self.blocks)) > 1:

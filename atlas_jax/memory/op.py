@@ -3,7 +3,9 @@
     y, state = memory_op(q, k, v, gates, init_weights, config=..., feature_coeffs=..., state=None)
 
 ``implementation`` selects the path: ``reference`` (per-token scan, the definition), ``xla`` (chunk-parallel
-dual form), or ``auto`` (the fastest path that supports the inputs; today ``xla``). Model code calls only this.
+dual form), ``pallas`` (the kernels of ``pallas_kernels.omega_chunk``; in the interpreter on CPU), or ``auto``:
+``pallas`` on GPU where the kernels support the call, else ``xla`` (``explain_implementation`` says why).
+Model code calls only this.
 """
 
 from __future__ import annotations
@@ -19,15 +21,32 @@ from atlas_jax.memory.feature_maps import feature_dim
 from atlas_jax.memory.reference import reference_memory
 from atlas_jax.memory.state import Gates, MemoryState, init_state
 
-Implementation = Literal["auto", "reference", "xla"]
-IMPLEMENTATIONS = ("auto", "reference", "xla")
+Implementation = Literal["auto", "reference", "xla", "pallas"]
+IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas")
 
 
-def resolve_implementation(implementation: str, config: MemoryConfig) -> str:
-  """The concrete path ``auto`` stands for (kept as a function so callers can log the choice)."""
+def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_state: bool = True,
+                           dtype=jnp.float32, backend: str | None = None) -> tuple[str, str]:
+  """(the concrete path, why): what ``implementation`` resolves to for this call, with the reason.
+
+  ``auto`` picks ``pallas`` on GPU when the kernels support the call, ``xla`` otherwise; the reason names what
+  ruled the kernels out (useful when a run is slower than expected).
+  """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")
-  return "xla" if implementation == "auto" else implementation
+  if implementation != "auto":
+    return implementation, "requested"
+  backend = backend or jax.default_backend()
+  if backend == "cpu":
+    return "xla", "on CPU the Pallas kernels run only in the (slow) interpreter"
+  from pallas_kernels.omega_chunk.ops import unsupported_reason  # lazy: keeps Pallas out of plain imports
+  reason = unsupported_reason(config, fresh_state=fresh_state, dtype=dtype, backend=backend)
+  return ("xla", reason) if reason else ("pallas", "GPU, and the kernels support this call")
+
+
+def resolve_implementation(implementation: str, config: MemoryConfig, **call) -> str:
+  """The concrete path ``implementation`` stands for (see ``explain_implementation``)."""
+  return explain_implementation(implementation, config, **call)[0]
 
 
 def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, feature_coeffs):
@@ -84,7 +103,8 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
     config: the static memory definition.
     feature_coeffs: polynomial φ coefficients a [H, p+1] (non-negative); None for the identity map.
     state: the state returned by a previous call; None starts a sequence at position 0.
-    implementation: ``auto`` | ``reference`` | ``xla``.
+    implementation: ``auto`` | ``reference`` | ``xla`` | ``pallas`` (raises NotImplementedError, with the
+      reason, for calls the kernels do not cover; see ``explain_implementation``).
     block_size: xla only, rows per scan step (a divisor of C); does not change the result.
     remat: rematerialise in the backward pass: xla, each scan step (less memory, usually faster on CPU);
       reference, blocks of 4·C tokens (its backward otherwise keeps every token's weights).
@@ -96,8 +116,16 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
     Fast weights, momentum and all inner-loop work are float32 whatever the input dtype.
   """
   _check_inputs(q, k, v, gates, init_weights, config, feature_coeffs)
-  impl = resolve_implementation(implementation, config)
+  dtype = next(iter(init_weights.values())).dtype if state is None else state.window_k.dtype
+  impl = resolve_implementation(implementation, config, fresh_state=state is None,
+                                dtype=jnp.promote_types(q.dtype, dtype))
   batch, length, _, key_dim = q.shape
+  if impl == "pallas" and length:
+    from pallas_kernels.omega_chunk.ops import pallas_memory, unsupported_reason  # lazy, see above
+    reason = unsupported_reason(config, fresh_state=state is None, dtype=jnp.promote_types(q.dtype, dtype))
+    if reason:
+      raise NotImplementedError(f"implementation='pallas': {reason}.")
+    return pallas_memory(q, k, v, gates, init_weights, config, feature_coeffs)
   static_position = None
   if state is None:
     state = init_state(config, init_weights, batch, key_dim, v.shape[-1])

@@ -1,0 +1,143 @@
+"""Pallas kernels vs the xla path for the linear Omega memory (and flash-linear-attention when installed), on GPU.
+
+    python -m benchmarks.pallas_vs_xla                       # T ∈ {2K, 8K, 32K}, W ∈ {1, 4} → RESULTS.md
+    python -m benchmarks.pallas_vs_xla --lengths=2048 --nowrite
+
+Config: B = 2, H = 16, K = V = 128, bf16 q/k/v, identity φ, l2, C = 64, momentum and retention on (state:
+one K×V matrix per head, the same as a gated delta rule). Forward = outputs and final state; forward+backward =
+gradient of a scalar of the outputs with respect to q, k, v, every gate and Φ_init. Times are medians after a
+warm-up call. Model FLOPs follow CHUNKED.md §C.9 (linear, N = C + W − 1 slots, coefficients included) for both
+implementations; forward+backward counts 3× the forward. Achieved TFLOP/s is compared with a bf16 8192³ matmul
+measured in the same process. flash-linear-attention's ``chunk_gated_delta_rule`` (PyTorch + Triton; a delta
+rule, W = 1, no momentum) runs at the same B, T, H, K, V when ``import fla`` works — carry its wheel to the GPU
+machine. Run through ``benchmarks/gpu_check.sh``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+
+from atlas_jax.memory import MemoryConfig, memory_op
+from atlas_jax.memory.testing import memory_inputs
+from benchmarks import common
+
+_LENGTHS = flags.DEFINE_list("lengths", ["2048", "8192", "32768"], "sequence lengths T")
+_WINDOWS = flags.DEFINE_list("windows", ["1", "4"], "Omega windows W")
+_BATCH = flags.DEFINE_integer("batch", 2, "B")
+_HEADS = flags.DEFINE_integer("heads", 16, "H")
+_DIM = flags.DEFINE_integer("dim", 128, "K = V")
+_CHUNK = flags.DEFINE_integer("chunk", 64, "C")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per cell (median)")
+_WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
+
+
+def model_flops(length: int, chunk: int, window: int, dim: int, heads: int, batch: int, momentum=True) -> float:
+  """Forward FLOPs of the linear memory (CHUNKED.md §C.9) with P = V = dim and l2."""
+  n = chunk + window - 1
+  m = 1 if momentum else 0
+  per_chunk = 2 * n * dim * dim + 2 * chunk * dim * dim * (1 + m) + 2 * chunk * n * 2 * dim + 2 * n * dim * dim * (1 + m)
+  per_chunk += 2 * chunk**2 * n + 2 * chunk**3 * m  # Λ and J
+  return per_chunk * (length / chunk) * heads * batch
+
+
+def matmul_peak_tflops(size: int = 8192) -> float:
+  a = jnp.ones((size, size), jnp.bfloat16)
+  f = jax.jit(lambda a: a @ a)
+  seconds = common.time_call(f, a, repeats=5)
+  return 2 * size**3 / seconds / 1e12
+
+
+def _functions(config: MemoryConfig, implementation: str):
+  run = functools.partial(memory_op, config=config, implementation=implementation)
+  forward = jax.jit(lambda q, k, v, g, w: run(q, k, v, g, w))
+
+  def loss(q, k, v, g, w):
+    y, _ = run(q, k, v, g, w)
+    return jnp.sum(y.astype(jnp.float32) ** 2)
+
+  return forward, jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
+
+
+def _fla_times(batch, length, heads, dim, repeats):
+  """(forward s, forward+backward s) of fla's chunk_gated_delta_rule, or None when fla is not importable."""
+  try:
+    import torch
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+  except Exception as e:  # noqa: BLE001 - any import failure means "not available"
+    print(f"flash-linear-attention not available ({type(e).__name__}: {e})")
+    return None
+  dev = "cuda"
+  make = lambda *s: torch.randn(*s, device=dev, dtype=torch.bfloat16)
+  q = torch.nn.functional.normalize(make(batch, length, heads, dim), dim=-1).requires_grad_()
+  k = torch.nn.functional.normalize(make(batch, length, heads, dim), dim=-1).requires_grad_()
+  v = make(batch, length, heads, dim).requires_grad_()
+  g = torch.nn.functional.logsigmoid(3 + make(batch, length, heads).float()).requires_grad_()
+  beta = torch.sigmoid(make(batch, length, heads).float()).requires_grad_()
+
+  def timed(fn):
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      fn()
+      torch.cuda.synchronize()
+      times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+  forward = lambda: chunk_gated_delta_rule(q, k, v, g, beta, output_final_state=True)
+  backward = lambda: chunk_gated_delta_rule(q, k, v, g, beta)[0].float().pow(2).sum().backward()
+  return timed(forward), timed(backward)
+
+
+def main(argv):
+  del argv
+  batch, heads, dim, chunk = _BATCH.value, _HEADS.value, _DIM.value, _CHUNK.value
+  peak = matmul_peak_tflops()
+  print(f"bf16 8192³ matmul: {peak:.0f} TFLOP/s", flush=True)
+  rows, ratios = [], []
+  for window in map(int, _WINDOWS.value):
+    config = MemoryConfig(kind="linear", window=window, chunk_size=chunk, momentum=True)
+    for length in map(int, _LENGTHS.value):
+      q, k, v, gates, weights, _ = memory_inputs(config, batch=batch, length=length, heads=heads, key_dim=dim,
+                                                 value_dim=dim)
+      q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+      flops = model_flops(length, chunk, window, dim, heads, batch)
+      cell = {}
+      for impl in ("xla", "pallas"):
+        forward, backward = _functions(config, impl)
+        fwd = common.time_call(forward, q, k, v, gates, weights, repeats=_REPEATS.value)
+        bwd = common.time_call(backward, q, k, v, gates, weights, repeats=_REPEATS.value)
+        cell[impl] = (fwd, bwd)
+        rows.append(_row(impl, window, length, batch, fwd, bwd, flops, peak))
+        print(" | ".join(rows[-1]), flush=True)
+      ratios.append([f"W={window}", str(length), f"{cell['xla'][0] / cell['pallas'][0]:.2f}×",
+                     f"{cell['xla'][1] / cell['pallas'][1]:.2f}×"])
+      if window == 1:
+        fla = _fla_times(batch, length, heads, dim, _REPEATS.value)
+        if fla is not None:
+          rows.append(_row("fla chunk_gated_delta_rule", 1, length, batch, *fla, flops, peak))
+          print(" | ".join(rows[-1]), flush=True)
+  columns = ["implementation", "W", "T", "fwd ms", "fwd tok/s", "fwd TFLOP/s", "fwd % peak", "fwd+bwd ms",
+             "fwd+bwd tok/s", "fwd+bwd TFLOP/s", "fwd+bwd % peak"]
+  body = (f"B = {batch}, H = {heads}, K = V = {dim}, C = {chunk}, bf16 inputs, linear memory (l2, momentum). "
+          f"Measured bf16 matmul peak: {peak:.0f} TFLOP/s.\n\n" + common.markdown_table(columns, rows)
+          + "\n\nxla time / pallas time:\n\n"
+          + common.markdown_table(["window", "T", "forward", "forward+backward"], ratios))
+  common.report("Pallas kernels vs xla path (linear memory, GPU)", body, _WRITE.value)
+
+
+def _row(name, window, length, batch, fwd, bwd, flops, peak):
+  tokens = batch * length
+  return [name, str(window), str(length), f"{fwd * 1e3:.2f}", f"{tokens / fwd:,.0f}", f"{flops / fwd / 1e12:.1f}",
+          f"{100 * flops / fwd / 1e12 / peak:.1f}", f"{bwd * 1e3:.2f}", f"{tokens / bwd:,.0f}",
+          f"{3 * flops / bwd / 1e12:.1f}", f"{100 * 3 * flops / bwd / 1e12 / peak:.1f}"]
+
+
+if __name__ == "__main__":
+  app.run(main)

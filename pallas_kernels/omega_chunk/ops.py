@@ -1,0 +1,141 @@
+"""The memory op's ``pallas`` implementation: prepares the memory op's inputs for the kernels and back.
+
+    unsupported_reason(config, ...) → None, or why the kernels cannot run these inputs (``auto`` then uses xla)
+    pallas_memory(q, k, v, gates, init_weights, config, feature_coeffs) → (y [B, T, H, V], MemoryState)
+
+Covered today: the ``linear`` memory (identity or polynomial φ, l2 or dot bias, residual or not, momentum and
+retention, any W with W − 1 ≤ C, token granularity, Muon off), from a fresh state (position 0), float32 or
+bfloat16 inputs. The kernels are written for Triton (GPU); on CPU they run in the Pallas interpreter; on TPU
+``auto`` uses the xla path (the Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not hold these
+whole-sequence blocks; a TPU variant is not written).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from atlas_jax.memory.config import MemoryConfig
+from atlas_jax.memory.feature_maps import feature_map
+from atlas_jax.memory.state import Gates, MemoryState
+from pallas_kernels.omega_chunk.linear import BlockSizes, omega_linear
+
+
+def unsupported_reason(config: MemoryConfig, *, fresh_state: bool, dtype, backend: str | None = None) -> str | None:
+  """Why the Pallas kernels cannot run this call (None when they can). backend defaults to JAX's default."""
+  backend = backend or jax.default_backend()
+  if backend == "tpu":
+    return "no TPU (Mosaic) variant of the Omega kernels; the xla path runs on TPU"
+  if config.kind != "linear":
+    return f"kind={config.kind!r}: the Pallas kernels cover the linear memory (the MLP kernel is not written yet)"
+  if config.muon:
+    return "muon=True: Newton–Schulz per position is not in the kernels"
+  if config.granularity != "token":
+    return f"granularity={config.granularity!r}: the kernels implement token granularity"
+  if config.window - 1 > config.chunk_size:
+    return f"window W={config.window} > C + 1 = {config.chunk_size + 1}: the carry must lie in the previous chunk"
+  if not fresh_state:
+    return "streaming from a stored state (position > 0) runs on the xla path"
+  if jnp.dtype(dtype) == jnp.float64:
+    return "float64 inputs: the kernels compute in float32"
+  if backend == "gpu" and config.chunk_size < 16:
+    return f"chunk_size C={config.chunk_size} < 16: Triton matmuls need tiles of at least 16"
+  return None
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def _next_power_of_two(n: int) -> int:
+  return 1 << max(n - 1, 0).bit_length()
+
+
+def _per_head(x, length):
+  """[B, T, H, ...] → [B·H, T_pad, ...] (zero rows appended)."""
+  batch, t, heads = x.shape[:3]
+  x = jnp.pad(x, [(0, 0), (0, length - t)] + [(0, 0)] * (x.ndim - 2))
+  x = jnp.moveaxis(x, 2, 1)
+  return x.reshape((batch * heads, length) + x.shape[3:])
+
+
+def _chunk_cumsum(x, chunk):
+  """Within-chunk cumulative sums of [BH, T] (T a multiple of C)."""
+  bh, length = x.shape
+  return jnp.cumsum(x.reshape(bh, length // chunk, chunk), axis=-1).reshape(bh, length)
+
+
+def _last_rows(length: int, padded: int, chunk: int):
+  """sel [T_pad]: 1 at each chunk's last valid row (row T − 1 in the last chunk)."""
+  t = jnp.arange(padded)
+  return ((t == length - 1) | ((t % chunk == chunk - 1) & (t < length))).astype(jnp.float32)
+
+
+def pallas_memory(q, k, v, gates: Gates, init_weights, config: MemoryConfig, feature_coeffs, *,
+                  block_sizes: BlockSizes | None = None, interpret: bool | None = None, pad_to_power_of_two=None):
+  """The memory op from a fresh state on the Pallas kernels (arguments as ``memory_op``; q, k [B, T, H, K]).
+
+  pad_to_power_of_two: pad P and V to powers of two ≥ 16 with zero features (Triton tiles need it; zero
+    features leave every result unchanged). Default: on when not interpreting.
+  """
+  reason = unsupported_reason(config, fresh_state=True, dtype=q.dtype)
+  if reason:
+    raise NotImplementedError(f"implementation='pallas': {reason}.")
+  if interpret is None:
+    interpret = jax.default_backend() == "cpu"
+  if pad_to_power_of_two is None:
+    pad_to_power_of_two = not interpret
+  batch, length, heads, _ = q.shape
+  value_dim = v.shape[-1]
+  chunk = config.chunk_size
+  padded = _round_up(length, chunk)
+  f32 = jnp.float32
+
+  # φ in float32 (as the xla path); residual l2 memories fit v − r(k) (CHUNKED.md §C.1), and read r(q) + Φφ(q).
+  phi_q = feature_map(q.astype(f32), config, feature_coeffs)
+  phi_k = feature_map(k.astype(f32), config, feature_coeffs)
+  if config.feature_map == "identity":
+    phi_q, phi_k = q, k  # upcast inside the kernel: bf16 inputs move half the bytes
+  target = v.astype(f32) - k.astype(f32) if config.residual and config.bias == "l2" else v
+  w0 = jnp.broadcast_to(init_weights["W"].astype(f32)[None], (batch,) + init_weights["W"].shape)
+  w0 = w0.reshape(batch * heads, value_dim, -1)
+  p = w0.shape[-1]
+  p_pad, v_pad = (max(16, _next_power_of_two(p)), max(16, _next_power_of_two(value_dim))) if pad_to_power_of_two \
+      else (p, value_dim)
+
+  def rows(x, width_to):
+    x = _per_head(x, padded)
+    return jnp.pad(x, [(0, 0), (0, 0), (0, width_to - x.shape[-1])])
+
+  gate = lambda x: _per_head(x.astype(f32), padded)
+  log_theta = gates.log_theta if config.momentum else jnp.zeros_like(gates.log_alpha)
+  ca = _chunk_cumsum(gate(gates.log_alpha), chunk)
+  ct = _chunk_cumsum(gate(log_theta), chunk)
+  w0 = jnp.pad(w0, [(0, 0), (0, v_pad - value_dim), (0, p_pad - p)])
+  y, w, s, anchor = omega_linear(
+      rows(phi_q, p_pad), rows(phi_k, p_pad), rows(target, v_pad), gate(gates.gamma), ca, gate(gates.eta), ct,
+      _last_rows(length, padded, chunk), w0, jnp.zeros_like(w0), chunk=chunk, window=config.window,
+      momentum=config.momentum, bias=config.bias, block_sizes=block_sizes, interpret=interpret)
+
+  y = jnp.moveaxis(y[:, :length, :value_dim].reshape(batch, heads, length, value_dim), 1, 2)
+  if config.residual:
+    y = y + q.astype(f32)
+  unpad = lambda x: x[:, :value_dim, :p].reshape(batch, heads, value_dim, p)
+  return y.astype(q.dtype), _final_state(k, v, gates, ca, length, config, unpad(w), unpad(s), unpad(anchor))
+
+
+def _final_state(k, v, gates: Gates, ca, length, config: MemoryConfig, w, s, anchor) -> MemoryState:
+  """The MemoryState after T tokens: the carry is the last W − 1 raw tokens (zeros before the start); decay is
+  Π α over the last chunk's tokens."""
+  batch, _, heads, _ = k.shape
+  carried = config.window - 1
+  f32 = jnp.float32
+
+  def window(x):  # [B, T, H, ...] → the last W − 1 rows, oldest first, [B, H, W − 1, ...]
+    x = jnp.pad(x.astype(f32), [(0, 0), (carried, 0)] + [(0, 0)] * (x.ndim - 2))[:, x.shape[1]:]
+    return jnp.moveaxis(x, 1, 2)
+
+  decay = jnp.exp(ca[:, length - 1]).reshape(batch, heads)  # ca restarts at every chunk start
+  return MemoryState(weights={"W": w}, anchor={"W": anchor}, momentum={"W": s}, window_k=window(k),
+                     window_v=window(v), window_gamma=window(gates.gamma), decay=decay,
+                     position=jnp.asarray(length, jnp.int32))

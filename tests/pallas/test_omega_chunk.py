@@ -1,0 +1,231 @@
+"""The Pallas kernels equal the xla path (outputs, final state, gradients); their backward equals autodiff.
+
+CPU runs the kernels in the Pallas interpreter; ``TestCompiledOnGPU`` runs the same cases compiled and is skipped
+without a GPU. Tolerances (max |a − b| / max(1, max |b|)): float32 inputs 2e-4 (both paths compute in float32,
+summing in different orders); bfloat16 inputs 2e-2 on y (one bf16 rounding of the outputs), 2e-4 on the
+float32 state and 1e-2 on gradients (gradients of bf16 inputs are rounded to bf16: ≤ 2 ulps).
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from atlas_jax.memory import MemoryConfig, explain_implementation, memory_op
+from pallas_kernels.omega_chunk import BlockSizes, omega_linear
+from pallas_kernels.omega_chunk.ops import unsupported_reason
+from pallas_kernels.omega_chunk.reference import omega_linear_reference
+from tests.helpers import compared_state, max_rel_error, memory_inputs
+
+TOL = {jnp.float32: dict(y=2e-4, state=2e-4, grad=2e-4), jnp.bfloat16: dict(y=2e-2, state=2e-4, grad=1e-2)}
+
+
+def _grid(n: int, seed: int = 0):
+  """n sampled (config, T, dtype, V): C ∈ {16, 32, 64}, several T (multiples and not), both biases, φ, momentum."""
+  rng = random.Random(seed)
+  cases = []
+  for _ in range(n):
+    chunk = rng.choice((16, 32, 64))
+    config = MemoryConfig(kind="linear", feature_map=rng.choice(("identity", "polynomial")), degree=2,
+                          bias=rng.choice(("l2", "dot")), window=rng.choice((1, 4, 8)), chunk_size=chunk,
+                          momentum=rng.choice((False, True)), residual=rng.choice((False, True)))
+    length = rng.choice((chunk, 2 * chunk + 5, 3 * chunk - 1))
+    cases.append((config, length, rng.choice((jnp.float32, jnp.bfloat16))))
+  return cases
+
+
+CASES = _grid(8)
+
+
+def _id(case):
+  config, length, dtype = case
+  return (f"{config.feature_map[:4]}-{config.bias}-W{config.window}-C{config.chunk_size}-T{length}"
+          f"{'-mom' if config.momentum else ''}{'-res' if config.residual else ''}-{jnp.dtype(dtype).name}")
+
+
+def _inputs(config, length, dtype, seed=0):
+  q, k, v, gates, weights, coeffs = memory_inputs(config, batch=1, length=length, heads=2, key_dim=4,
+                                                  value_dim=4, seed=seed)
+  return q.astype(dtype), k.astype(dtype), v.astype(dtype), gates, weights, coeffs
+
+
+def _run(config, implementation, inputs):
+  """(y, state) and the gradients of a scalar touching every output and the final Φ, S and anchor."""
+  argnums = (0, 1, 2, 3, 4) + ((5,) if inputs[5] is not None else ())
+
+  def loss(q, k, v, gates, weights, coeffs):
+    y, state = memory_op(q, k, v, gates, weights, config=config, feature_coeffs=coeffs,
+                         implementation=implementation)
+    y32 = y.astype(jnp.float32)
+    total = (jnp.sum(y32 * jnp.sin(jnp.arange(y.size).reshape(y.shape))) + jnp.sum(state.weights["W"] ** 2)
+             + 0.5 * jnp.sum(state.momentum["W"] * state.weights["W"]) + 0.3 * jnp.sum(state.anchor["W"]))
+    return total, (y, state)
+
+  (_, (y, state)), grads = jax.jit(jax.value_and_grad(loss, argnums=argnums, has_aux=True))(*inputs)
+  return y, state, grads
+
+
+def _check_case(case, seed=0):
+  config, length, dtype = case
+  tol = TOL[dtype]
+  inputs = _inputs(config, length, dtype, seed)
+  y_x, s_x, g_x = _run(config, "xla", inputs)
+  y_p, s_p, g_p = _run(config, "pallas", inputs)
+  assert y_p.dtype == y_x.dtype == dtype
+  assert max_rel_error(y_p.astype(jnp.float32), y_x.astype(jnp.float32)) < tol["y"]
+  assert max_rel_error(compared_state(s_p), compared_state(s_x)) < tol["state"]
+  assert max_rel_error((s_p.window_k, s_p.window_v, s_p.window_gamma, s_p.decay),
+                       (s_x.window_k, s_x.window_v, s_x.window_gamma, s_x.decay)) < tol["state"]
+  for name, a, b in zip(("q", "k", "v", "gates", "Φ_init", "φ coefficients"), g_p, g_x):
+    err = max_rel_error(jax.tree_util.tree_map(lambda t: t.astype(jnp.float32), a),
+                        jax.tree_util.tree_map(lambda t: t.astype(jnp.float32), b))
+    assert err < tol["grad"], (name, err)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_kernel_equals_xla(case):
+  _check_case(case)
+
+
+def test_value_tiles_and_power_of_two_padding():
+  """V split over several programs (partial gradients summed outside) and P, V padded with zero features."""
+  from pallas_kernels.omega_chunk.ops import pallas_memory
+  config = MemoryConfig(kind="linear", feature_map="polynomial", degree=2, window=3, chunk_size=16, momentum=True)
+  q, k, v, gates, weights, coeffs = memory_inputs(config, batch=1, length=40, heads=2, key_dim=3, value_dim=32)
+
+  def loss(q, k, v, gates, weights, run):
+    y, state = run(q, k, v, gates, weights)
+    return jnp.sum(jnp.cos(y)) + jnp.sum(state.weights["W"] * state.momentum["W"]), (y, state)
+
+  value_and_grad = lambda run: jax.jit(jax.value_and_grad(functools.partial(loss, run=run), argnums=(0, 1, 2, 3, 4),
+                                                          has_aux=True))(q, k, v, gates, weights)
+  (_, want), want_grads = value_and_grad(lambda *a: memory_op(*a, config=config, feature_coeffs=coeffs,
+                                                               implementation="xla"))
+  for kwargs in (dict(block_sizes=BlockSizes(value=8)), dict(pad_to_power_of_two=True)):
+    (_, got), grads = value_and_grad(lambda *a, kw=kwargs: pallas_memory(*a, config, coeffs, **kw))
+    assert max_rel_error(got[0], want[0]) < 2e-4
+    assert max_rel_error(compared_state(got[1]), compared_state(want[1])) < 2e-4
+    assert max_rel_error(grads, want_grads) < 2e-4
+
+
+@pytest.mark.parametrize("momentum,bias", [(True, "l2"), (False, "dot")])
+def test_kernel_backward_equals_autodiff_of_the_chunk_math(momentum, bias):
+  """The hand-derived chunk backward against JAX's autodiff of the same forward formulas (reference.py)."""
+  bh, length, p, value, chunk, window = 2, 48, 16, 8, 16, 5
+  keys = jax.random.split(jax.random.PRNGKey(3), 10)
+  normal = lambda i, shape, scale=1.0: scale * jax.random.normal(keys[i], shape)
+  q, k = normal(0, (bh, length, p), 0.3), normal(1, (bh, length, p), 0.3)
+  v = normal(2, (bh, length, value))
+  gamma = jax.nn.sigmoid(normal(3, (bh, length)))
+  chunked = lambda x: jnp.cumsum(x.reshape(bh, -1, chunk), -1).reshape(bh, length)
+  ca = chunked(-jax.nn.softplus(-(3.0 + normal(4, (bh, length)))))
+  ct = chunked(-jax.nn.softplus(-(1.0 + normal(5, (bh, length)))))
+  eta = 0.05 * jax.nn.sigmoid(normal(6, (bh, length)))
+  sel = (jnp.arange(length) % chunk == chunk - 1).astype(jnp.float32).at[length - 1].set(1.0)
+  sel = sel.at[chunk - 1].set(0.0).at[chunk - 4].set(1.0)  # a chunk read at an inner row
+  w0, s0 = normal(7, (bh, value, p), 0.3), normal(8, (bh, value, p), 0.1)
+  args = (q, k, v, gamma, ca, eta, ct, sel, w0, s0)  # sel is not differentiated
+  static = dict(chunk=chunk, window=window, momentum=momentum, bias=bias)
+  weights = jax.random.normal(keys[9], (bh, length, value))
+
+  def loss(fn):
+    def f(*a):
+      y, w, s, anchor = fn(*a[:7], sel, *a[7:], **static)
+      return jnp.sum(y * weights) + jnp.sum(w ** 2) + jnp.sum(s * w) + 0.5 * jnp.sum(anchor)
+    return f
+
+  operands = args[:7] + args[8:]
+  got = jax.grad(loss(omega_linear), argnums=tuple(range(9)))(*operands)
+  want = jax.grad(loss(omega_linear_reference), argnums=tuple(range(9)))(*operands)
+  for name, a, b in zip(("q", "k", "v", "γ", "ca", "η", "ct", "w0", "s0"), got, want):
+    if not momentum and name in ("ct", "s0"):
+      continue  # unused without momentum
+    assert max_rel_error(a, b) < 2e-4, name
+
+
+def test_shape_errors_name_the_argument():
+  bh, length, p, value = 1, 20, 4, 4
+  z = lambda *s: jnp.zeros(s)
+  args = (z(bh, length, p), z(bh, length, p), z(bh, length, value), z(bh, length), z(bh, length), z(bh, length),
+          z(bh, length), z(length), z(bh, value, p), z(bh, value, p))
+  with pytest.raises(ValueError, match="multiple of the chunk size"):
+    omega_linear(*args, chunk=16, window=1, momentum=False, bias="l2")
+  with pytest.raises(ValueError, match="block_sizes.value=3"):
+    omega_linear(*args, chunk=4, window=1, momentum=False, bias="l2", block_sizes=BlockSizes(value=3))
+  with pytest.raises(ValueError, match="W − 1 ≤ C"):
+    omega_linear(*args, chunk=4, window=6, momentum=False, bias="l2")
+  bad_w0 = args[:8] + (z(bh, value + 1, p), args[9])
+  with pytest.raises(ValueError, match="w0 has shape"):
+    omega_linear(*bad_w0, chunk=4, window=1, momentum=False, bias="l2")
+
+
+def test_dispatch_and_fallback_reasons():
+  linear = MemoryConfig(kind="linear", chunk_size=16, window=4, momentum=True)
+  mlp = MemoryConfig(kind="mlp", chunk_size=16)
+  assert explain_implementation("auto", linear, backend="cpu")[0] == "xla"
+  assert explain_implementation("auto", linear, backend="gpu") == ("pallas", "GPU, and the kernels support this call")
+  impl, reason = explain_implementation("auto", mlp, backend="gpu")
+  assert impl == "xla" and "linear memory" in reason
+  assert "stored state" in explain_implementation("auto", linear, fresh_state=False, backend="gpu")[1]
+  assert "TPU" in explain_implementation("auto", linear, backend="tpu")[1]
+  assert unsupported_reason(MemoryConfig(kind="linear", chunk_size=8), fresh_state=True, dtype=jnp.float32,
+                            backend="gpu").startswith("chunk_size C=8")
+  q, k, v, gates, weights, coeffs = memory_inputs(mlp, length=5)
+  with pytest.raises(NotImplementedError, match="kind='mlp'"):
+    memory_op(q, k, v, gates, weights, config=mlp, implementation="pallas")
+
+
+def test_streaming_continues_from_a_kernel_state():
+  """A kernel call's state continues on the xla path exactly like the xla path's own state."""
+  config = MemoryConfig(kind="linear", chunk_size=16, window=4, momentum=True)
+  q, k, v, gates, weights, _ = memory_inputs(config, length=40)
+  cut = lambda x, a, b: jax.tree_util.tree_map(lambda t: t[:, a:b], x)
+
+  @jax.jit
+  def run(q, k, v, gates, weights):
+    _, state = memory_op(q[:, :21], k[:, :21], v[:, :21], cut(gates, 0, 21), weights, config=config,
+                         implementation="pallas")
+    y2, end = memory_op(q[:, 21:], k[:, 21:], v[:, 21:], cut(gates, 21, 40), weights, config=config, state=state)
+    return y2, end, memory_op(q, k, v, gates, weights, config=config, implementation="xla")
+
+  y2, end, (y_all, end_all) = run(q, k, v, gates, weights)
+  assert max_rel_error(y2, y_all[:, 21:]) < 2e-4
+  assert max_rel_error(compared_state(end), compared_state(end_all)) < 2e-4
+
+
+def test_kernels_lower_to_triton():
+  """The forward and backward kernels lower to Triton IR for CUDA (checked on CPU, no GPU needed)."""
+  config = MemoryConfig(kind="linear", feature_map="polynomial", degree=2, chunk_size=16, window=4, momentum=True)
+  q, k, v, gates, weights, coeffs = memory_inputs(config, length=40, key_dim=4, value_dim=32)
+  from pallas_kernels.omega_chunk.ops import pallas_memory
+
+  def loss(q, k, v, gates, weights):
+    y, state = pallas_memory(q.astype(jnp.bfloat16), k, v, gates, weights, config, coeffs, interpret=False)
+    return jnp.sum(y.astype(jnp.float32)) + jnp.sum(state.weights["W"])
+
+  lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).trace(q, k, v, gates, weights).lower(
+      lowering_platforms=("cuda",))
+  assert lowered.as_text().count("__gpu$xla.gpu.triton") == 2  # forward (saving states) + backward
+
+
+@pytest.mark.gpu
+class TestCompiledOnGPU:
+  """The interpret-mode cases, compiled with Triton on a GPU."""
+
+  @pytest.mark.parametrize("case", CASES, ids=_id)
+  def test_kernel_equals_xla(self, case):
+    _check_case(case)
+
+  def test_realistic_shape(self):
+    config = MemoryConfig(kind="linear", window=4, chunk_size=64, momentum=True)
+    q, k, v, gates, weights, _ = memory_inputs(config, batch=2, length=1000, heads=4, key_dim=64, value_dim=64)
+    got = memory_op(q, k, v, gates, weights, config=config, implementation="pallas")
+    want = memory_op(q, k, v, gates, weights, config=config, implementation="xla")
+    assert max_rel_error(got[0], want[0]) < 1e-3
+    assert max_rel_error(compared_state(got[1]), compared_state(want[1])) < 1e-3
+    assert np.isfinite(np.asarray(got[0])).all()
