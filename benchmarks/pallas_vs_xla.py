@@ -4,7 +4,9 @@
     python -m benchmarks.pallas_vs_xla --lengths=2048 --nowrite
 
 Config: B = 2, H = 16, K = V = 128, bf16 q/k/v, identity φ, l2, C = 64, momentum and retention on (state:
-one K×V matrix per head, the same as a gated delta rule). Forward = outputs and final state; forward+backward =
+one K×V matrix per head, the same as a gated delta rule). Then Titans-style mlp memory rows (K = V = 64,
+F = 128, W = 1), whose kernel keeps W1, W2 and their momenta in one program per head. A kernel that fails to
+compile is reported in the table, not fatal. Forward = outputs and final state; forward+backward =
 gradient of a scalar of the outputs with respect to q, k, v, every gate and Φ_init. Times are medians after a
 warm-up call. Model FLOPs follow CHUNKED.md §C.9 (linear, N = C + W − 1 slots, coefficients included) for both
 implementations; forward+backward counts 3× the forward. Achieved TFLOP/s is compared with a bf16 8192³ matmul
@@ -32,6 +34,8 @@ _BATCH = flags.DEFINE_integer("batch", 2, "B")
 _HEADS = flags.DEFINE_integer("heads", 16, "H")
 _DIM = flags.DEFINE_integer("dim", 128, "K = V")
 _CHUNK = flags.DEFINE_integer("chunk", 64, "C")
+_MLP_LENGTHS = flags.DEFINE_list("mlp_lengths", ["2048", "8192"], "T for the mlp memory rows (empty: skip them)")
+_MLP_DIM = flags.DEFINE_integer("mlp_dim", 64, "K = V of the mlp memory rows (F = 2·K)")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per cell (median)")
 _WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
 
@@ -110,30 +114,59 @@ def main(argv):
       flops = model_flops(length, chunk, window, dim, heads, batch)
       cell = {}
       for impl in ("xla", "pallas"):
-        forward, backward = _functions(config, impl)
-        fwd = common.time_call(forward, q, k, v, gates, weights, repeats=_REPEATS.value)
-        bwd = common.time_call(backward, q, k, v, gates, weights, repeats=_REPEATS.value)
-        cell[impl] = (fwd, bwd)
-        rows.append(_row(impl, window, length, batch, fwd, bwd, flops, peak))
+        cell[impl] = _time(config, impl, (q, k, v, gates, weights))
+        rows.append(_row(impl, window, length, batch, *cell[impl], flops, peak))
         print(" | ".join(rows[-1]), flush=True)
-      ratios.append([f"W={window}", str(length), f"{cell['xla'][0] / cell['pallas'][0]:.2f}×",
-                     f"{cell['xla'][1] / cell['pallas'][1]:.2f}×"])
+      ratios.append([f"linear W={window}", str(length), _ratio(cell, 0), _ratio(cell, 1)])
       if window == 1:
         fla = _fla_times(batch, length, heads, dim, _REPEATS.value)
         if fla is not None:
           rows.append(_row("fla chunk_gated_delta_rule", 1, length, batch, *fla, flops, peak))
           print(" | ".join(rows[-1]), flush=True)
+  for length in map(int, filter(None, _MLP_LENGTHS.value)):
+    config = MemoryConfig(kind="mlp", window=1, chunk_size=chunk, momentum=True)
+    dim = _MLP_DIM.value
+    q, k, v, gates, weights, _ = memory_inputs(config, batch=batch, length=length, heads=heads, key_dim=dim,
+                                               value_dim=dim, hidden=2 * dim)
+    q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    cell = {}
+    for impl in ("xla", "pallas"):
+      cell[impl] = _time(config, impl, (q, k, v, gates, weights))
+      rows.append(_row(f"{impl} (mlp, K = {dim})", 1, length, batch, *cell[impl], float("nan"), peak))
+      print(" | ".join(rows[-1]), flush=True)
+    ratios.append(["mlp W=1", str(length), _ratio(cell, 0), _ratio(cell, 1)])
   columns = ["implementation", "W", "T", "fwd ms", "fwd tok/s", "fwd TFLOP/s", "fwd % peak", "fwd+bwd ms",
              "fwd+bwd tok/s", "fwd+bwd TFLOP/s", "fwd+bwd % peak"]
   body = (f"B = {batch}, H = {heads}, K = V = {dim}, C = {chunk}, bf16 inputs, linear memory (l2, momentum). "
           f"Measured bf16 matmul peak: {peak:.0f} TFLOP/s.\n\n" + common.markdown_table(columns, rows)
           + "\n\nxla time / pallas time:\n\n"
-          + common.markdown_table(["window", "T", "forward", "forward+backward"], ratios))
+          + common.markdown_table(["memory", "T", "forward", "forward+backward"], ratios))
   common.report("Pallas kernels vs xla path (linear memory, GPU)", body, _WRITE.value)
+
+
+def _time(config, impl, args):
+  """(forward s, forward+backward s), or (None, None) with the error printed when the path fails."""
+  try:
+    forward, backward = _functions(config, impl)
+    return (common.time_call(forward, *args, repeats=_REPEATS.value),
+            common.time_call(backward, *args, repeats=_REPEATS.value))
+  except Exception as e:  # noqa: BLE001 - report a kernel that does not compile instead of stopping
+    print(f"{impl} {config.kind} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+    return None, None
+
+
+def _ratio(cell, i):
+  a, b = cell["xla"][i], cell["pallas"][i]
+  return "failed" if a is None or b is None else f"{a / b:.2f}×"
 
 
 def _row(name, window, length, batch, fwd, bwd, flops, peak):
   tokens = batch * length
+  if fwd is None:
+    return [name, str(window), str(length)] + ["failed"] * 8
+  if flops != flops:  # NaN: no FLOP model for this row
+    return [name, str(window), str(length), f"{fwd * 1e3:.2f}", f"{tokens / fwd:,.0f}", "—", "—",
+            f"{bwd * 1e3:.2f}", f"{tokens / bwd:,.0f}", "—", "—"]
   return [name, str(window), str(length), f"{fwd * 1e3:.2f}", f"{tokens / fwd:,.0f}", f"{flops / fwd / 1e12:.1f}",
           f"{100 * flops / fwd / 1e12 / peak:.1f}", f"{bwd * 1e3:.2f}", f"{tokens / bwd:,.0f}",
           f"{3 * flops / bwd / 1e12:.1f}", f"{100 * 3 * flops / bwd / 1e12 / peak:.1f}"]

@@ -40,7 +40,7 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
   if backend == "cpu":
     return "xla", "on CPU the Pallas kernels run only in the (slow) interpreter"
   from pallas_kernels.omega_chunk.ops import unsupported_reason  # lazy: keeps Pallas out of plain imports
-  reason = unsupported_reason(config, fresh_state=fresh_state, dtype=dtype, backend=backend)
+  reason = unsupported_reason(config, fresh_state=fresh_state, dtype=dtype, backend=backend, automatic=True)
   return ("xla", reason) if reason else ("pallas", "GPU, and the kernels support this call")
 
 

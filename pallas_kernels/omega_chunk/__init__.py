@@ -1,12 +1,14 @@
-"""Pallas kernels for the Omega-rule chunk update of the linear memory (forward + backward, ``jax.custom_vjp``).
+"""Pallas kernels for the Omega-rule chunk update (forward + backward behind ``jax.custom_vjp``).
 
-    linear_math.py  one chunk's forward and hand-derived backward (kernel-safe jax.numpy)
-    linear.py       BlockSizes, the two kernels, ``omega_linear`` (custom_vjp) on prepared inputs
-    reference.py    the same chunk math under ``lax.scan`` (autodiff checks the kernels' backward)
-    ops.py          the memory op's ``implementation="pallas"``: input preparation, support checks, final state
+    chunk_common.py  a chunk's inputs, full-precision matmuls, the coefficient matrices (CHUNKED.md §C.2–§C.4)
+    linear_math.py   one chunk of the linear memory: forward and hand-derived backward
+    mlp_math.py      one chunk of the mlp / gated_mlp memories: forward (backward = its vjp, inside the kernel)
+    kernel.py        BlockSizes, the forward and backward kernels, ``omega_chunk`` on prepared inputs
+    reference.py     the same chunk math under ``lax.scan`` (autodiff checks the kernels' backward)
+    ops.py           the memory op's ``implementation="pallas"``: input preparation, support checks, final state
 """
 
-from pallas_kernels.omega_chunk.linear import BlockSizes, omega_linear
+from pallas_kernels.omega_chunk.kernel import BlockSizes, omega_chunk
 from pallas_kernels.omega_chunk.ops import pallas_memory, unsupported_reason
 
-__all__ = ["BlockSizes", "omega_linear", "pallas_memory", "unsupported_reason"]
+__all__ = ["BlockSizes", "omega_chunk", "pallas_memory", "unsupported_reason"]

@@ -3,11 +3,13 @@
     unsupported_reason(config, ...) → None, or why the kernels cannot run these inputs (``auto`` then uses xla)
     pallas_memory(q, k, v, gates, init_weights, config, feature_coeffs) → (y [B, T, H, V], MemoryState)
 
-Covered today: the ``linear`` memory (identity or polynomial φ, l2 or dot bias, residual or not, momentum and
-retention, any W with W − 1 ≤ C, token granularity, Muon off), from a fresh state (position 0), float32 or
-bfloat16 inputs. The kernels are written for Triton (GPU); on CPU they run in the Pallas interpreter; on TPU
-``auto`` uses the xla path (the Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not hold these
-whole-sequence blocks; a TPU variant is not written).
+Covered: the ``linear``, ``mlp`` and ``gated_mlp`` memories (identity or polynomial φ, l2 or dot bias, residual
+or not, momentum and retention, any W with W − 1 ≤ C, token granularity, Muon off), from a fresh state
+(position 0), float32 or bfloat16 inputs. ``auto`` picks the kernels on GPU for the linear memory only; the MLP
+kernels (one program per head holding W1, W2 (W3) and their momenta) run when asked for by name until GPU
+timings show them ahead of xla. The kernels are written for Triton (GPU); on CPU they run in the Pallas
+interpreter; on TPU the xla path runs (the Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not
+hold these whole-sequence blocks; a TPU variant is not written).
 """
 
 from __future__ import annotations
@@ -18,16 +20,21 @@ import jax.numpy as jnp
 from atlas_jax.memory.config import MemoryConfig
 from atlas_jax.memory.feature_maps import feature_map
 from atlas_jax.memory.state import Gates, MemoryState
-from pallas_kernels.omega_chunk.linear import BlockSizes, omega_linear
+from pallas_kernels.omega_chunk.kernel import BlockSizes, omega_chunk
+
+AUTO_KINDS = ("linear",)  # kinds ``auto`` sends to the kernels on GPU
 
 
-def unsupported_reason(config: MemoryConfig, *, fresh_state: bool, dtype, backend: str | None = None) -> str | None:
-  """Why the Pallas kernels cannot run this call (None when they can). backend defaults to JAX's default."""
+def unsupported_reason(config: MemoryConfig, *, fresh_state: bool, dtype, backend: str | None = None,
+                       automatic: bool = False) -> str | None:
+  """Why the Pallas kernels should not run this call (None when they can). backend defaults to JAX's default;
+  ``automatic`` applies ``auto``'s stricter rule (linear memory only)."""
   backend = backend or jax.default_backend()
   if backend == "tpu":
     return "no TPU (Mosaic) variant of the Omega kernels; the xla path runs on TPU"
-  if config.kind != "linear":
-    return f"kind={config.kind!r}: the Pallas kernels cover the linear memory (the MLP kernel is not written yet)"
+  if automatic and config.kind not in AUTO_KINDS:
+    return (f"kind={config.kind!r}: auto uses the kernels for the linear memory only; the MLP kernels run with "
+            "implementation='pallas' (not yet timed against xla on GPU)")
   if config.muon:
     return "muon=True: Newton–Schulz per position is not in the kernels"
   if config.granularity != "token":
@@ -75,8 +82,8 @@ def pallas_memory(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
                   block_sizes: BlockSizes | None = None, interpret: bool | None = None, pad_to_power_of_two=None):
   """The memory op from a fresh state on the Pallas kernels (arguments as ``memory_op``; q, k [B, T, H, K]).
 
-  pad_to_power_of_two: pad P and V to powers of two ≥ 16 with zero features (Triton tiles need it; zero
-    features leave every result unchanged). Default: on when not interpreting.
+  pad_to_power_of_two: pad P, V (and F) to powers of two ≥ 16 with zeros (Triton tiles need it; zero features,
+    values and hidden units leave every result unchanged). Default: on when not interpreting.
   """
   reason = unsupported_reason(config, fresh_state=True, dtype=q.dtype)
   if reason:
@@ -91,17 +98,26 @@ def pallas_memory(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
   padded = _round_up(length, chunk)
   f32 = jnp.float32
 
-  # φ in float32 (as the xla path); residual l2 memories fit v − r(k) (CHUNKED.md §C.1), and read r(q) + Φφ(q).
-  phi_q = feature_map(q.astype(f32), config, feature_coeffs)
-  phi_k = feature_map(k.astype(f32), config, feature_coeffs)
+  # φ in float32 (as the xla path); residual l2 memories fit v − r(k) (CHUNKED.md §C.1), and read r(q) + M(q).
   if config.feature_map == "identity":
     phi_q, phi_k = q, k  # upcast inside the kernel: bf16 inputs move half the bytes
+  else:
+    phi_q = feature_map(q.astype(f32), config, feature_coeffs)
+    phi_k = feature_map(k.astype(f32), config, feature_coeffs)
   target = v.astype(f32) - k.astype(f32) if config.residual and config.bias == "l2" else v
-  w0 = jnp.broadcast_to(init_weights["W"].astype(f32)[None], (batch,) + init_weights["W"].shape)
-  w0 = w0.reshape(batch * heads, value_dim, -1)
-  p = w0.shape[-1]
-  p_pad, v_pad = (max(16, _next_power_of_two(p)), max(16, _next_power_of_two(value_dim))) if pad_to_power_of_two \
-      else (p, value_dim)
+  names = config.weight_names
+  p = init_weights[names[-1]].shape[-1]
+  hidden = init_weights["W1"].shape[-1] if config.kind != "linear" else None
+  pad = (lambda n: max(16, _next_power_of_two(n))) if pad_to_power_of_two else (lambda n: n)
+  sizes = {value_dim: pad(value_dim), p: pad(p)}
+  if hidden is not None:
+    sizes[hidden] = pad(hidden)
+
+  def weight(name):  # Φ_init [H, m, n] → [B·H, m', n'] float32, zero-padded
+    w = init_weights[name].astype(f32)
+    w = jnp.broadcast_to(w[None], (batch,) + w.shape).reshape((batch * heads,) + w.shape[1:])
+    m, n = w.shape[1:]
+    return jnp.pad(w, [(0, 0), (0, sizes[m] - m), (0, sizes[n] - n)])
 
   def rows(x, width_to):
     x = _per_head(x, padded)
@@ -111,16 +127,24 @@ def pallas_memory(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
   log_theta = gates.log_theta if config.momentum else jnp.zeros_like(gates.log_alpha)
   ca = _chunk_cumsum(gate(gates.log_alpha), chunk)
   ct = _chunk_cumsum(gate(log_theta), chunk)
-  w0 = jnp.pad(w0, [(0, 0), (0, v_pad - value_dim), (0, p_pad - p)])
-  y, w, s, anchor = omega_linear(
-      rows(phi_q, p_pad), rows(phi_k, p_pad), rows(target, v_pad), gate(gates.gamma), ca, gate(gates.eta), ct,
-      _last_rows(length, padded, chunk), w0, jnp.zeros_like(w0), chunk=chunk, window=config.window,
-      momentum=config.momentum, bias=config.bias, block_sizes=block_sizes, interpret=interpret)
+  weights = tuple(weight(n) for n in names)
+  y, w, s, anchor = omega_chunk(
+      rows(phi_q, sizes[p]), rows(phi_k, sizes[p]), rows(target, sizes[value_dim]), gate(gates.gamma), ca,
+      gate(gates.eta), ct, _last_rows(length, padded, chunk), weights, tuple(jnp.zeros_like(x) for x in weights),
+      kind=config.kind, chunk=chunk, window=config.window, momentum=config.momentum, bias=config.bias,
+      block_sizes=block_sizes, interpret=interpret)
 
   y = jnp.moveaxis(y[:, :length, :value_dim].reshape(batch, heads, length, value_dim), 1, 2)
   if config.residual:
     y = y + q.astype(f32)
-  unpad = lambda x: x[:, :value_dim, :p].reshape(batch, heads, value_dim, p)
+
+  def unpad(mats):
+    out = {}
+    for name, x in zip(names, mats):
+      m, n = init_weights[name].shape[1:]
+      out[name] = x[:, :m, :n].reshape(batch, heads, m, n)
+    return out
+
   return y.astype(q.dtype), _final_state(k, v, gates, ca, length, config, unpad(w), unpad(s), unpad(anchor))
 
 
@@ -136,6 +160,6 @@ def _final_state(k, v, gates: Gates, ca, length, config: MemoryConfig, w, s, anc
     return jnp.moveaxis(x, 1, 2)
 
   decay = jnp.exp(ca[:, length - 1]).reshape(batch, heads)  # ca restarts at every chunk start
-  return MemoryState(weights={"W": w}, anchor={"W": anchor}, momentum={"W": s}, window_k=window(k),
+  return MemoryState(weights=w, anchor=anchor, momentum=s, window_k=window(k),
                      window_v=window(v), window_gamma=window(gates.gamma), decay=decay,
                      position=jnp.asarray(length, jnp.int32))

@@ -1,7 +1,8 @@
-"""Plain-JAX twin of the linear kernels: the same per-chunk math (``linear_math``) under ``lax.scan``.
+"""Plain-JAX twin of the kernels: the same per-chunk math under ``lax.scan``, differentiated by JAX's autodiff.
 
-It takes the kernels' prepared inputs (see ``linear.omega_linear``) and is differentiated by JAX's autodiff, so
-it checks the kernels' hand-written backward; the memory op's xla path is the independent reference for both.
+It takes the kernels' prepared inputs (see ``kernel.omega_chunk``) and checks their backward — the hand-derived
+one of the linear memory and the in-kernel vjp of the MLP memories. The memory op's xla path is the independent
+reference for both.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.omega_chunk.linear_math import Chunk, chunk_forward
+from pallas_kernels.omega_chunk.chunk_common import Chunk
+from pallas_kernels.omega_chunk.kernel import BlockSizes, _Static
 
 
 def _blocks(x, chunk):
@@ -19,12 +21,13 @@ def _blocks(x, chunk):
   return cur, prev
 
 
-def omega_linear_reference(q, k, v, gamma, ca, eta, ct, sel, w0, s0, *, chunk: int, window: int,
-                           momentum: bool, bias: str):
-  """Same contract as ``linear.omega_linear``: (y [BH, T, V], Φ_out, S_out, anchor [BH, V, P])."""
+def omega_chunk_reference(q, k, v, gamma, ca, eta, ct, sel, weights, states, *, kind: str, chunk: int,
+                          window: int, momentum: bool, bias: str):
+  """Same contract as ``kernel.omega_chunk``: (y [BH, T, V], Φ_out, S_out, anchor)."""
+  static = _Static(kind, chunk, window, momentum, bias, BlockSizes(v.shape[-1]), interpret=True, debug=False)
+  f32 = lambda x: x.astype(jnp.float32)
 
-  def one_head(q, k, v, gamma, ca, eta, ct, w0, s0):
-    f32 = lambda x: x.astype(jnp.float32)
+  def one_head(q, k, v, gamma, ca, eta, ct, weights, states):
     kc, kp = _blocks(f32(k), chunk)
     vc, vp = _blocks(f32(v), chunk)
     gc, gp = _blocks(f32(gamma), chunk)
@@ -33,10 +36,11 @@ def omega_linear_reference(q, k, v, gamma, ca, eta, ct, sel, w0, s0, *, chunk: i
 
     def body(carry, x):
       w, s = carry
-      y, w_out, s_out = chunk_forward(x, w, s, window=window, momentum=momentum, bias=bias)
+      y, w_out, s_out = static.forward(x, w, s)
       return (w_out, s_out), (y, w)
 
-    (w, s), (y, anchors) = jax.lax.scan(body, (f32(w0), f32(s0)), xs)
-    return y.reshape(-1, y.shape[-1]), w, s, anchors[-1]
+    init = (tuple(map(f32, weights)), tuple(map(f32, states)))
+    (w, s), (y, anchors) = jax.lax.scan(body, init, xs)
+    return y.reshape(-1, y.shape[-1]), w, s, tuple(a[-1] for a in anchors)
 
-  return jax.vmap(one_head)(q, k, v, gamma, ca, eta, ct, w0, s0)
+  return jax.vmap(one_head)(q, k, v, gamma, ca, eta, ct, tuple(weights), tuple(states))

@@ -17,21 +17,21 @@ import numpy as np
 import pytest
 
 from atlas_jax.memory import MemoryConfig, explain_implementation, memory_op
-from pallas_kernels.omega_chunk import BlockSizes, omega_linear
-from pallas_kernels.omega_chunk.ops import unsupported_reason
-from pallas_kernels.omega_chunk.reference import omega_linear_reference
+from pallas_kernels.omega_chunk import BlockSizes, omega_chunk
+from pallas_kernels.omega_chunk.ops import pallas_memory, unsupported_reason
+from pallas_kernels.omega_chunk.reference import omega_chunk_reference
 from tests.helpers import compared_state, max_rel_error, memory_inputs
 
 TOL = {jnp.float32: dict(y=2e-4, state=2e-4, grad=2e-4), jnp.bfloat16: dict(y=2e-2, state=2e-4, grad=1e-2)}
 
 
-def _grid(n: int, seed: int = 0):
-  """n sampled (config, T, dtype, V): C ∈ {16, 32, 64}, several T (multiples and not), both biases, φ, momentum."""
+def _grid(n: int, kinds, seed: int = 0):
+  """n sampled (config, T, dtype): C ∈ {16, 32, 64}, several T (multiples and not), both biases, φ, momentum."""
   rng = random.Random(seed)
   cases = []
-  for _ in range(n):
+  for i in range(n):
     chunk = rng.choice((16, 32, 64))
-    config = MemoryConfig(kind="linear", feature_map=rng.choice(("identity", "polynomial")), degree=2,
+    config = MemoryConfig(kind=kinds[i % len(kinds)], feature_map=rng.choice(("identity", "polynomial")), degree=2,
                           bias=rng.choice(("l2", "dot")), window=rng.choice((1, 4, 8)), chunk_size=chunk,
                           momentum=rng.choice((False, True)), residual=rng.choice((False, True)))
     length = rng.choice((chunk, 2 * chunk + 5, 3 * chunk - 1))
@@ -39,18 +39,18 @@ def _grid(n: int, seed: int = 0):
   return cases
 
 
-CASES = _grid(8)
+CASES = _grid(6, ("linear",)) + _grid(4, ("mlp", "gated_mlp"), seed=1)
 
 
 def _id(case):
   config, length, dtype = case
-  return (f"{config.feature_map[:4]}-{config.bias}-W{config.window}-C{config.chunk_size}-T{length}"
+  return (f"{config.kind}-{config.feature_map[:4]}-{config.bias}-W{config.window}-C{config.chunk_size}-T{length}"
           f"{'-mom' if config.momentum else ''}{'-res' if config.residual else ''}-{jnp.dtype(dtype).name}")
 
 
 def _inputs(config, length, dtype, seed=0):
   q, k, v, gates, weights, coeffs = memory_inputs(config, batch=1, length=length, heads=2, key_dim=4,
-                                                  value_dim=4, seed=seed)
+                                                  value_dim=4, hidden=8, seed=seed)
   return q.astype(dtype), k.astype(dtype), v.astype(dtype), gates, weights, coeffs
 
 
@@ -62,8 +62,9 @@ def _run(config, implementation, inputs):
     y, state = memory_op(q, k, v, gates, weights, config=config, feature_coeffs=coeffs,
                          implementation=implementation)
     y32 = y.astype(jnp.float32)
-    total = (jnp.sum(y32 * jnp.sin(jnp.arange(y.size).reshape(y.shape))) + jnp.sum(state.weights["W"] ** 2)
-             + 0.5 * jnp.sum(state.momentum["W"] * state.weights["W"]) + 0.3 * jnp.sum(state.anchor["W"]))
+    total = jnp.sum(y32 * jnp.sin(jnp.arange(y.size).reshape(y.shape)))
+    for name, w in state.weights.items():
+      total += jnp.sum(w**2) + 0.5 * jnp.sum(state.momentum[name] * w) + 0.3 * jnp.sum(state.anchor[name])
     return total, (y, state)
 
   (_, (y, state)), grads = jax.jit(jax.value_and_grad(loss, argnums=argnums, has_aux=True))(*inputs)
@@ -94,7 +95,6 @@ def test_kernel_equals_xla(case):
 
 def test_value_tiles_and_power_of_two_padding():
   """V split over several programs (partial gradients summed outside) and P, V padded with zero features."""
-  from pallas_kernels.omega_chunk.ops import pallas_memory
   config = MemoryConfig(kind="linear", feature_map="polynomial", degree=2, window=3, chunk_size=16, momentum=True)
   q, k, v, gates, weights, coeffs = memory_inputs(config, batch=1, length=40, heads=2, key_dim=3, value_dim=32)
 
@@ -106,18 +106,20 @@ def test_value_tiles_and_power_of_two_padding():
                                                           has_aux=True))(q, k, v, gates, weights)
   (_, want), want_grads = value_and_grad(lambda *a: memory_op(*a, config=config, feature_coeffs=coeffs,
                                                                implementation="xla"))
-  for kwargs in (dict(block_sizes=BlockSizes(value=8)), dict(pad_to_power_of_two=True)):
+  for kwargs in (dict(block_sizes=BlockSizes(value=16)), dict(pad_to_power_of_two=True)):
     (_, got), grads = value_and_grad(lambda *a, kw=kwargs: pallas_memory(*a, config, coeffs, **kw))
     assert max_rel_error(got[0], want[0]) < 2e-4
     assert max_rel_error(compared_state(got[1]), compared_state(want[1])) < 2e-4
     assert max_rel_error(grads, want_grads) < 2e-4
 
 
-@pytest.mark.parametrize("momentum,bias", [(True, "l2"), (False, "dot")])
-def test_kernel_backward_equals_autodiff_of_the_chunk_math(momentum, bias):
-  """The hand-derived chunk backward against JAX's autodiff of the same forward formulas (reference.py)."""
-  bh, length, p, value, chunk, window = 2, 48, 16, 8, 16, 5
-  keys = jax.random.split(jax.random.PRNGKey(3), 10)
+@pytest.mark.parametrize("kind,momentum,bias", [("linear", True, "l2"), ("linear", False, "dot"),
+                                                ("mlp", True, "l2"), ("gated_mlp", False, "dot")])
+def test_kernel_backward_equals_autodiff_of_the_chunk_math(kind, momentum, bias):
+  """The kernels' backward (hand-derived for linear, in-kernel vjp for MLP) against JAX's autodiff of the same
+  chunk math under lax.scan (reference.py), with a chunk read at an inner row."""
+  bh, length, p, value, hidden, chunk, window = 2, 48, 16, 8, 16, 16, 5
+  keys = jax.random.split(jax.random.PRNGKey(3), 12)
   normal = lambda i, shape, scale=1.0: scale * jax.random.normal(keys[i], shape)
   q, k = normal(0, (bh, length, p), 0.3), normal(1, (bh, length, p), 0.3)
   v = normal(2, (bh, length, value))
@@ -127,23 +129,26 @@ def test_kernel_backward_equals_autodiff_of_the_chunk_math(momentum, bias):
   ct = chunked(-jax.nn.softplus(-(1.0 + normal(5, (bh, length)))))
   eta = 0.05 * jax.nn.sigmoid(normal(6, (bh, length)))
   sel = (jnp.arange(length) % chunk == chunk - 1).astype(jnp.float32).at[length - 1].set(1.0)
-  sel = sel.at[chunk - 1].set(0.0).at[chunk - 4].set(1.0)  # a chunk read at an inner row
-  w0, s0 = normal(7, (bh, value, p), 0.3), normal(8, (bh, value, p), 0.1)
-  args = (q, k, v, gamma, ca, eta, ct, sel, w0, s0)  # sel is not differentiated
-  static = dict(chunk=chunk, window=window, momentum=momentum, bias=bias)
-  weights = jax.random.normal(keys[9], (bh, length, value))
+  sel = sel.at[chunk - 1].set(0.0).at[chunk - 4].set(1.0)  # not differentiated
+  shapes = {"linear": [(value, p)], "mlp": [(value, hidden), (hidden, p)],
+            "gated_mlp": [(value, hidden), (hidden, p), (hidden, p)]}[kind]
+  weights = tuple(normal(7 + i, (bh,) + shape, 0.3) for i, shape in enumerate(shapes))
+  states = tuple(normal(10, (bh,) + shape, 0.1) for shape in shapes)
+  static = dict(kind=kind, chunk=chunk, window=window, momentum=momentum, bias=bias)
+  probe = jax.random.normal(keys[11], (bh, length, value))
 
   def loss(fn):
-    def f(*a):
-      y, w, s, anchor = fn(*a[:7], sel, *a[7:], **static)
-      return jnp.sum(y * weights) + jnp.sum(w ** 2) + jnp.sum(s * w) + 0.5 * jnp.sum(anchor)
+    def f(q, k, v, gamma, ca, eta, ct, weights, states):
+      y, w, s, anchor = fn(q, k, v, gamma, ca, eta, ct, sel, weights, states, **static)
+      return (jnp.sum(y * probe) + sum(jnp.sum(x**2) for x in w) + sum(jnp.sum(a * b) for a, b in zip(s, w))
+              + 0.5 * sum(jnp.sum(x) for x in anchor))
     return f
 
-  operands = args[:7] + args[8:]
-  got = jax.grad(loss(omega_linear), argnums=tuple(range(9)))(*operands)
-  want = jax.grad(loss(omega_linear_reference), argnums=tuple(range(9)))(*operands)
-  for name, a, b in zip(("q", "k", "v", "γ", "ca", "η", "ct", "w0", "s0"), got, want):
-    if not momentum and name in ("ct", "s0"):
+  operands = (q, k, v, gamma, ca, eta, ct, weights, states)
+  got = jax.jit(jax.grad(loss(omega_chunk), argnums=tuple(range(9))))(*operands)
+  want = jax.jit(jax.grad(loss(omega_chunk_reference), argnums=tuple(range(9))))(*operands)
+  for name, a, b in zip(("q", "k", "v", "γ", "ca", "η", "ct", "weights", "states"), got, want):
+    if not momentum and name in ("ct", "states"):
       continue  # unused without momentum
     assert max_rel_error(a, b) < 2e-4, name
 
@@ -151,17 +156,23 @@ def test_kernel_backward_equals_autodiff_of_the_chunk_math(momentum, bias):
 def test_shape_errors_name_the_argument():
   bh, length, p, value = 1, 20, 4, 4
   z = lambda *s: jnp.zeros(s)
-  args = (z(bh, length, p), z(bh, length, p), z(bh, length, value), z(bh, length), z(bh, length), z(bh, length),
-          z(bh, length), z(length), z(bh, value, p), z(bh, value, p))
+  inputs = (z(bh, length, p), z(bh, length, p), z(bh, length, value), z(bh, length), z(bh, length), z(bh, length),
+            z(bh, length), z(length))
+  w = (z(bh, value, p),)
+  run = lambda weights=w, states=w, **kw: omega_chunk(*inputs, weights, states, **{
+      **dict(kind="linear", chunk=4, window=1, momentum=False, bias="l2"), **kw})
   with pytest.raises(ValueError, match="multiple of the chunk size"):
-    omega_linear(*args, chunk=16, window=1, momentum=False, bias="l2")
+    run(chunk=16)
   with pytest.raises(ValueError, match="block_sizes.value=3"):
-    omega_linear(*args, chunk=4, window=1, momentum=False, bias="l2", block_sizes=BlockSizes(value=3))
+    run(block_sizes=BlockSizes(value=3))
   with pytest.raises(ValueError, match="W − 1 ≤ C"):
-    omega_linear(*args, chunk=4, window=6, momentum=False, bias="l2")
-  bad_w0 = args[:8] + (z(bh, value + 1, p), args[9])
-  with pytest.raises(ValueError, match="w0 has shape"):
-    omega_linear(*bad_w0, chunk=4, window=1, momentum=False, bias="l2")
+    run(window=6)
+  with pytest.raises(ValueError, match="weights\\[0\\] has shape"):
+    run(weights=(z(bh, value + 1, p),), states=(z(bh, value + 1, p),))
+  with pytest.raises(ValueError, match="takes 2 weight and state matrices"):
+    run(kind="mlp")
+  with pytest.raises(ValueError, match="bias='cos'"):
+    run(bias="cos")
 
 
 def test_dispatch_and_fallback_reasons():
@@ -170,14 +181,15 @@ def test_dispatch_and_fallback_reasons():
   assert explain_implementation("auto", linear, backend="cpu")[0] == "xla"
   assert explain_implementation("auto", linear, backend="gpu") == ("pallas", "GPU, and the kernels support this call")
   impl, reason = explain_implementation("auto", mlp, backend="gpu")
-  assert impl == "xla" and "linear memory" in reason
+  assert impl == "xla" and "linear memory only" in reason
   assert "stored state" in explain_implementation("auto", linear, fresh_state=False, backend="gpu")[1]
   assert "TPU" in explain_implementation("auto", linear, backend="tpu")[1]
   assert unsupported_reason(MemoryConfig(kind="linear", chunk_size=8), fresh_state=True, dtype=jnp.float32,
                             backend="gpu").startswith("chunk_size C=8")
-  q, k, v, gates, weights, coeffs = memory_inputs(mlp, length=5)
-  with pytest.raises(NotImplementedError, match="kind='mlp'"):
-    memory_op(q, k, v, gates, weights, config=mlp, implementation="pallas")
+  muon = MemoryConfig(kind="mlp", chunk_size=16, momentum=True, muon=True)
+  q, k, v, gates, weights, coeffs = memory_inputs(muon, length=5)
+  with pytest.raises(NotImplementedError, match="muon=True"):
+    memory_op(q, k, v, gates, weights, config=muon, implementation="pallas")
 
 
 def test_streaming_continues_from_a_kernel_state():
@@ -198,15 +210,16 @@ def test_streaming_continues_from_a_kernel_state():
   assert max_rel_error(compared_state(end), compared_state(end_all)) < 2e-4
 
 
-def test_kernels_lower_to_triton():
+@pytest.mark.parametrize("kind", ["linear", "gated_mlp"])
+def test_kernels_lower_to_triton(kind):
   """The forward and backward kernels lower to Triton IR for CUDA (checked on CPU, no GPU needed)."""
-  config = MemoryConfig(kind="linear", feature_map="polynomial", degree=2, chunk_size=16, window=4, momentum=True)
-  q, k, v, gates, weights, coeffs = memory_inputs(config, length=40, key_dim=4, value_dim=32)
-  from pallas_kernels.omega_chunk.ops import pallas_memory
+  config = MemoryConfig(kind=kind, feature_map="polynomial", degree=2, chunk_size=16, window=4, momentum=True,
+                        residual=False)
+  q, k, v, gates, weights, coeffs = memory_inputs(config, length=40, key_dim=4, value_dim=32, hidden=32)
 
   def loss(q, k, v, gates, weights):
     y, state = pallas_memory(q.astype(jnp.bfloat16), k, v, gates, weights, config, coeffs, interpret=False)
-    return jnp.sum(y.astype(jnp.float32)) + jnp.sum(state.weights["W"])
+    return jnp.sum(y.astype(jnp.float32)) + sum(jnp.sum(w) for w in state.weights.values())
 
   lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).trace(q, k, v, gates, weights).lower(
       lowering_platforms=("cuda",))

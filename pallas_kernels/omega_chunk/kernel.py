@@ -1,0 +1,319 @@
+"""Pallas kernels for the Omega-rule chunk update: a forward and a backward kernel joined by ``jax.custom_vjp``.
+
+One program per (batch·head[, value tile]) walks the chunks in order (forward) or in reverse (backward),
+keeping the fast weights Φ and momentum S in float32 on chip. The per-chunk math is ``linear_math`` (linear
+memory, hand-derived backward) or ``mlp_math`` (mlp / gated_mlp, backward = vjp of the chunk forward, traced
+into the kernel). Value rows of a linear memory are independent (row v of Φ only sees column v of the errors
+E = K Aᵀ − V), so it may tile V over programs with no communication; MLP memories use one program per head.
+
+What the forward saves for the backward: Φ_in (and S_in with momentum) at the start of every chunk, float32,
+[BH, n, m, n'] per weight matrix; the backward recomputes everything else (coefficients, factors, scores) per
+chunk. A primal call outside differentiation saves nothing. Gradients of q, k, γ and the gates are summed over
+value tiles outside the kernel (each tile writes its partial sum).
+
+Shapes (BH = batch·heads, T a multiple of C; ``ops.py`` prepares them):
+    q, k [BH, T, P] (φ applied), v [BH, T, V], gamma, ca, eta, ct [BH, T], sel [T],
+    weights, states: tuples of [BH, m, n] float32 (linear: W [V, P]; mlp: W1 [V, F], W2 [F, P][, W3 [F, P]]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels.omega_chunk import linear_math, mlp_math
+from pallas_kernels.omega_chunk.chunk_common import Chunk
+
+KINDS = ("linear", "mlp", "gated_mlp")
+_INPUTS = 8  # q, k, v, gamma, ca, eta, ct, sel
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+  """Tiling: ``value`` = BV value rows per program (divides V; linear memory only); Triton launch knobs."""
+  value: int
+  num_warps: int = 4
+  num_stages: int = 1
+
+  @classmethod
+  def get_default(cls, kind: str, value_dim: int, feature_dim: int, dtype=jnp.float32) -> "BlockSizes":
+    """Linear: BV = 64 when it divides V (else V) — two [BV, P] float32 states per program. MLP: BV = V.
+    8 warps once the per-program state exceeds 64K floats. ``dtype`` (the inputs', upcast on load) does not
+    change the tiling today."""
+    del dtype
+    value = 64 if kind == "linear" and value_dim % 64 == 0 else value_dim
+    state = value * feature_dim if kind == "linear" else 4 * value * feature_dim
+    return cls(value=value, num_warps=4 if state <= 64 * 1024 else 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  kind: str
+  chunk: int
+  window: int
+  momentum: bool
+  bias: str
+  block: BlockSizes
+  interpret: bool
+  debug: bool
+
+  @property
+  def tiled(self) -> bool:
+    return self.kind == "linear"
+
+  def forward(self, x: Chunk, weights, states):
+    if self.kind == "linear":
+      y, w, s = linear_math.chunk_forward(x, weights[0], states[0], window=self.window, momentum=self.momentum,
+                                          bias=self.bias)
+      return y, (w,), (s,)
+    return mlp_math.chunk_forward(x, weights, states, kind=self.kind, window=self.window, momentum=self.momentum,
+                                  bias=self.bias)
+
+  def backward(self, x: Chunk, weights, states, dy, dweights, dstates):
+    if self.kind == "linear":
+      g, dw, ds = linear_math.chunk_backward(x, weights[0], states[0], dy, dweights[0], dstates[0],
+                                             window=self.window, momentum=self.momentum, bias=self.bias)
+      return g, (dw,), (ds,)
+    return mlp_math.chunk_backward(x, weights, states, dy, dweights, dstates, kind=self.kind, window=self.window,
+                                   momentum=self.momentum, bias=self.bias)
+
+
+def _load_chunk(refs, j, chunk) -> Chunk:
+  """Chunk j's tiles, with the previous chunk's slot rows (zeros for j = 0), upcast to float32."""
+  q_ref, k_ref, v_ref, gamma_ref, ca_ref, eta_ref, ct_ref, sel_ref = refs
+  rows = pl.ds(j * chunk, chunk)
+  prev = pl.ds(jnp.maximum(j - 1, 0) * chunk, chunk)
+  keep = jnp.minimum(j, 1).astype(jnp.float32)  # zeros before the first chunk
+  f32 = lambda x: x.astype(jnp.float32)
+  return Chunk(q=f32(q_ref[rows, :]), kc=f32(k_ref[rows, :]), kp=f32(k_ref[prev, :]) * keep,  # [C, P]
+               vc=f32(v_ref[rows, :]), vp=f32(v_ref[prev, :]) * keep,  # [C, BV]
+               gc=f32(gamma_ref[rows]), gp=f32(gamma_ref[prev]) * keep,  # [C]
+               ca=f32(ca_ref[rows]), eta=f32(eta_ref[rows]), ct=f32(ct_ref[rows]), sel=f32(sel_ref[rows]))
+
+
+def _forward_kernel(*refs, static: _Static, num_weights: int, save_states: bool):
+  inputs = refs[:_INPUTS]
+  w0, s0 = refs[_INPUTS:_INPUTS + num_weights], refs[_INPUTS + num_weights:_INPUTS + 2 * num_weights]
+  outs = refs[_INPUTS + 2 * num_weights:]
+  y_ref = outs[0]
+  w_out, s_out, anchor = (outs[1 + i * num_weights:1 + (i + 1) * num_weights] for i in range(3))
+  saved = outs[1 + 3 * num_weights:]  # Φ_in per chunk (then S_in per chunk with momentum)
+  chunk = static.chunk
+  n = y_ref.shape[0] // chunk
+
+  def step(j, weights, states):
+    if save_states:
+      for i in range(num_weights):
+        saved[i][j] = weights[i]
+        if static.momentum:
+          saved[num_weights + i][j] = states[i]
+    y, weights, states = static.forward(_load_chunk(inputs, j, chunk), weights, states)
+    y_ref[pl.ds(j * chunk, chunk), :] = y.astype(y_ref.dtype)
+    return weights, states
+
+  init = (tuple(r[...].astype(jnp.float32) for r in w0), tuple(r[...].astype(jnp.float32) for r in s0))
+  weights, states = jax.lax.fori_loop(0, n - 1, lambda j, carry: step(j, *carry), init)
+  for ref, w in zip(anchor, weights):  # Φ_in of the last chunk: the state's anchor
+    ref[...] = w
+  weights, states = step(n - 1, weights, states)
+  for ref, w in zip(w_out + s_out, weights + states):
+    ref[...] = w
+
+
+def _backward_kernel(*refs, static: _Static, num_weights: int):
+  nw = num_weights
+  inputs = refs[:_INPUTS]
+  w_saved, s_saved = refs[_INPUTS:_INPUTS + nw], refs[_INPUTS + nw:_INPUTS + 2 * nw]
+  dy_ref = refs[_INPUTS + 2 * nw]
+  dw_out, ds_out, d_anchor = (refs[_INPUTS + 2 * nw + 1 + i * nw:_INPUTS + 2 * nw + 1 + (i + 1) * nw]
+                              for i in range(3))
+  outs = refs[_INPUTS + 5 * nw + 1:]
+  dq_ref, dk_ref, dv_ref, dgamma_ref, dca_ref, deta_ref, dct_ref = outs[:7]
+  dw0, ds0 = outs[7:7 + nw], outs[7 + nw:]
+  chunk = static.chunk
+  n = dy_ref.shape[0] // chunk
+  is_last = lambda j: jnp.maximum(j - (n - 2), 0).astype(jnp.float32)  # 1 for j = n − 1, else 0
+
+  def body(i, carry):
+    j = n - 1 - i
+    dweights, dstates, pend_k, pend_v, pend_g = carry
+    weights = tuple(r[j] for r in w_saved)
+    states = tuple(r[j] for r in s_saved) if static.momentum else tuple(jnp.zeros_like(w) for w in weights)
+    rows = pl.ds(j * chunk, chunk)
+    g, dweights, dstates = static.backward(_load_chunk(inputs, j, chunk), weights, states,
+                                           dy_ref[rows, :].astype(jnp.float32), dweights, dstates)
+    # The anchor output is Φ_in of the last chunk.
+    dweights = tuple(dw + is_last(j) * r[...] for dw, r in zip(dweights, d_anchor))
+    dq_ref[rows, :] = g.q
+    dk_ref[rows, :] = g.kc + pend_k  # the next chunk's carried slots are this chunk's rows
+    dv_ref[rows, :] = (g.vc + pend_v).astype(dv_ref.dtype)
+    dgamma_ref[rows] = g.gc + pend_g
+    dca_ref[rows] = g.ca
+    deta_ref[rows] = g.eta
+    dct_ref[rows] = g.ct
+    return dweights, dstates, g.kp, g.vp, g.gp
+
+  p, bv = dq_ref.shape[1], dv_ref.shape[1]
+  zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
+  init = (tuple(r[...] for r in dw_out), tuple(r[...] for r in ds_out), zeros(chunk, p), zeros(chunk, bv),
+          zeros(chunk))
+  dweights, dstates, *_ = jax.lax.fori_loop(0, n, body, init)
+  for ref, d in zip(dw0 + ds0, dweights + dstates):
+    ref[...] = d
+
+
+def _check(q, k, v, gamma, weights, states, static: _Static):
+  bh, length, p = q.shape
+  value = v.shape[-1]
+  if k.shape != q.shape or v.shape[:2] != (bh, length) or gamma.shape != (bh, length):
+    raise ValueError(f"omega_chunk: expected q, k [BH, T, P], v [BH, T, V], gates [BH, T]; got q {q.shape}, "
+                     f"k {k.shape}, v {v.shape}, gamma {gamma.shape}.")
+  if length % static.chunk:
+    raise ValueError(f"omega_chunk: T={length} must be a multiple of the chunk size C={static.chunk} (pad first).")
+  if static.kind not in KINDS:
+    raise ValueError(f"omega_chunk: kind={static.kind!r}; expected one of {KINDS}.")
+  expected = 1 if static.kind == "linear" else (2 if static.kind == "mlp" else 3)
+  if len(weights) != expected or len(states) != expected:
+    raise ValueError(f"omega_chunk: kind={static.kind!r} takes {expected} weight and state matrices; got "
+                     f"{len(weights)} and {len(states)}.")
+  first = (value, p) if static.kind == "linear" else (value, None)
+  if weights[0].shape[0] != bh or weights[0].shape[1] != first[0] or (first[1] and weights[0].shape[2] != p):
+    raise ValueError(f"omega_chunk: weights[0] has shape {weights[0].shape}; expected [BH, V, "
+                     f"{'P' if static.kind == 'linear' else 'F'}] with BH={bh}, V={value}, P={p}.")
+  for w, s in zip(weights, states):
+    if s.shape != w.shape:
+      raise ValueError(f"omega_chunk: a state has shape {s.shape}, its weight {w.shape}.")
+  if value % static.block.value or (not static.tiled and static.block.value != value):
+    raise ValueError(f"omega_chunk: block_sizes.value={static.block.value} must divide V={value} (and equal V "
+                     f"for kind={static.kind!r}).")
+  if static.window - 1 > static.chunk:
+    raise ValueError(f"omega_chunk: window W={static.window} needs W − 1 ≤ C={static.chunk} (the carry must lie "
+                     "in the previous chunk).")
+  if static.bias not in ("l2", "dot"):
+    raise ValueError(f"omega_chunk: bias={static.bias!r}; expected 'l2' or 'dot'.")
+
+
+def _input_specs(static: _Static, length: int, p: int):
+  """BlockSpecs of (q, k, v, gamma, ca, eta, ct, sel): whole sequences per program; v takes its value tile."""
+  rows_p = pl.BlockSpec((None, length, p), lambda b, vt: (b, 0, 0))
+  gate = pl.BlockSpec((None, length), lambda b, vt: (b, 0))
+  return [rows_p, rows_p, _value_rows(static, length), gate, gate, gate, gate,
+          pl.BlockSpec((length,), lambda b, vt: (0,))]
+
+
+def _value_rows(static: _Static, length: int):
+  return pl.BlockSpec((None, length, static.block.value), lambda b, vt: (b, 0, vt))
+
+
+def _matrix_spec(static: _Static, shape, chunks: int | None = None):
+  """A weight-shaped [BH, (n,) m, n'] array: the linear memory's value tile of rows, else the whole matrix."""
+  rows = static.block.value if static.tiled else shape[-2]
+  if chunks is None:
+    return pl.BlockSpec((None, rows, shape[-1]), lambda b, vt: (b, vt, 0))
+  return pl.BlockSpec((None, chunks, rows, shape[-1]), lambda b, vt: (b, 0, vt, 0))
+
+
+def _call(kernel, out_shape, in_specs, out_specs, grid, static: _Static):
+  params = pltriton.CompilerParams(num_warps=static.block.num_warps, num_stages=static.block.num_stages)
+  return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs, out_specs=out_specs,
+                        interpret=static.interpret, debug=static.debug, compiler_params=params)
+
+
+def _forward(inputs, weights, states, static: _Static, save_states: bool):
+  """(y, Φ_out…, S_out…, anchor…[, Φ_in per chunk…[, S_in per chunk…]])."""
+  q, v = inputs[0], inputs[2]
+  bh, length, p = q.shape
+  n = length // static.chunk
+  f32 = jnp.float32
+  y_dtype = f32 if q.dtype == jnp.float64 else q.dtype
+  specs = [_matrix_spec(static, w.shape) for w in weights]
+  out_shape = [jax.ShapeDtypeStruct((bh, length, v.shape[-1]), y_dtype)]
+  out_shape += [jax.ShapeDtypeStruct(w.shape, f32) for w in weights] * 3
+  out_specs = [_value_rows(static, length)] + specs * 3
+  if save_states:
+    for _ in range(2 if static.momentum else 1):
+      out_shape += [jax.ShapeDtypeStruct((bh, n) + w.shape[1:], f32) for w in weights]
+      out_specs += [_matrix_spec(static, w.shape, n) for w in weights]
+  kernel = functools.partial(_forward_kernel, static=static, num_weights=len(weights), save_states=save_states)
+  grid = (bh, v.shape[-1] // static.block.value)
+  return _call(kernel, out_shape, _input_specs(static, length, p) + specs * 2, out_specs, grid, static)(
+      *inputs, *weights, *states)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _omega_chunk(inputs, weights, states, static: _Static):
+  outs = _forward(inputs, weights, states, static, save_states=False)
+  nw = len(weights)
+  return outs[0], tuple(outs[1:1 + nw]), tuple(outs[1 + nw:1 + 2 * nw]), tuple(outs[1 + 2 * nw:1 + 3 * nw])
+
+
+def _omega_chunk_fwd(inputs, weights, states, static: _Static):
+  outs = _forward(inputs, weights, states, static, save_states=True)
+  nw = len(weights)
+  saved_w = tuple(outs[1 + 3 * nw:1 + 4 * nw])
+  saved_s = tuple(outs[1 + 4 * nw:1 + 5 * nw]) if static.momentum else None
+  primal = (outs[0], tuple(outs[1:1 + nw]), tuple(outs[1 + nw:1 + 2 * nw]), tuple(outs[1 + 2 * nw:1 + 3 * nw]))
+  return primal, (inputs, saved_w, saved_s)
+
+
+def _omega_chunk_bwd(static: _Static, residuals, cotangents):
+  inputs, saved_w, saved_s = residuals
+  dy, dweights, dstates, d_anchor = cotangents
+  q, v = inputs[0], inputs[2]
+  bh, length, p = q.shape
+  n = length // static.chunk
+  nw = len(saved_w)
+  tiles = v.shape[-1] // static.block.value
+  f32 = jnp.float32
+  if saved_s is None:  # unused without momentum: any arrays of the right layout, one chunk long
+    saved_s = tuple(w[:, :1] for w in saved_w)
+    s_specs = [_matrix_spec(static, w.shape[:1] + w.shape[2:], 1) for w in saved_w]
+  else:
+    s_specs = [_matrix_spec(static, w.shape[:1] + w.shape[2:], n) for w in saved_w]
+  shapes = [w.shape[:1] + w.shape[2:] for w in saved_w]
+  specs = [_matrix_spec(static, s) for s in shapes]
+  in_specs = (_input_specs(static, length, p) + [_matrix_spec(static, s, n) for s in shapes] + s_specs
+              + [_value_rows(static, length)] + specs * 3)
+  partial_rows = pl.BlockSpec((None, None, length, p), lambda b, vt: (b, vt, 0, 0))
+  partial_gate = pl.BlockSpec((None, None, length), lambda b, vt: (b, vt, 0))
+  out_shape = ([jax.ShapeDtypeStruct((bh, tiles, length, p), f32)] * 2 + [jax.ShapeDtypeStruct(v.shape, f32)]
+               + [jax.ShapeDtypeStruct((bh, tiles, length), f32)] * 4 + [jax.ShapeDtypeStruct(s, f32) for s in shapes] * 2)
+  out_specs = [partial_rows] * 2 + [_value_rows(static, length)] + [partial_gate] * 4 + specs * 2
+  kernel = functools.partial(_backward_kernel, static=static, num_weights=nw)
+  as_f32 = lambda xs: tuple(x.astype(f32) for x in xs)
+  outs = _call(kernel, out_shape, in_specs, out_specs, (bh, tiles), static)(
+      *inputs, *saved_w, *saved_s, dy, *as_f32(dweights), *as_f32(dstates), *as_f32(d_anchor))
+  total = lambda x: jnp.sum(x, axis=1)  # partial sums over value tiles
+  dq, dk, dv, dgamma, dca, deta, dct = outs[:7]
+  grads = (total(dq), total(dk), dv, total(dgamma), total(dca), total(deta), total(dct), None)
+  d_inputs = tuple(jnp.zeros_like(x) if g is None else g.astype(x.dtype) for g, x in zip(grads, inputs))
+  return d_inputs, tuple(outs[7:7 + nw]), tuple(outs[7 + nw:])
+
+
+_omega_chunk.defvjp(_omega_chunk_fwd, _omega_chunk_bwd)
+
+
+def omega_chunk(q, k, v, gamma, ca, eta, ct, sel, weights, states, *, kind: str, chunk: int, window: int,
+                momentum: bool, bias: str, block_sizes: BlockSizes | None = None, interpret: bool | None = None,
+                debug: bool = False):
+  """The Omega-rule memory over prepared inputs → (y [BH, T, V], Φ_out, S_out, anchor), the last three tuples
+  shaped like ``weights``.
+
+  Inputs (module docstring; ``ops.py`` prepares them from the memory op's arguments): q, k are φ(q), φ(k); v the
+  values (minus r(k) for residual l2); ca, ct the within-chunk cumulative log α, log θ; sel marks each chunk's
+  last valid row; weights, states the initial Φ and S. Differentiable in every input but sel.
+
+  interpret: run the kernels in the Pallas interpreter (default: True on CPU, where nothing else runs).
+  """
+  weights, states = tuple(weights), tuple(states)
+  if interpret is None:
+    interpret = jax.default_backend() == "cpu"
+  block = block_sizes or BlockSizes.get_default(kind, v.shape[-1], q.shape[-1], q.dtype)
+  static = _Static(kind, chunk, window, momentum, bias, block, interpret, debug)
+  _check(q, k, v, gamma, weights, states, static)
+  return _omega_chunk((q, k, v, gamma, ca, eta, ct, sel), weights, states, static)

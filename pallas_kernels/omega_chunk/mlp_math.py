@@ -1,0 +1,86 @@
+"""One chunk of the MLP Omega-rule memories (``mlp``, ``gated_mlp``), forward in kernel-safe jax.numpy.
+
+The dual form of CHUNKED.md §C.6 for one head, with the slots in two blocks b ∈ {c, p} (``chunk_common``).
+Factors at the anchor A = (A1 [V, F], A2 [F, P][, A3 [F, P]]) for each block's slot rows K_b (φ(k)):
+
+    mlp:        H = K A2ᵀ, Z = gelu(H), E = Z A1ᵀ − V (l2) or −V (dot), Δ = (E A1) ⊙ gelu′(H)
+    gated_mlp:  H = K A2ᵀ, H′ = K A3ᵀ, Z = silu(H) ⊙ H′, D = E A1, Δ = D ⊙ H′ ⊙ silu′(H), Δ′ = D ⊙ silu(H)
+    factor pairs (𝓛, 𝓡): W1 (E, Z), W2 (Δ, K), W3 (Δ′, K)
+
+Reads, layer 2 first, each row under its own position's weights (no Φ_t formed):
+
+    read(X; Φ_in, S_in, pairs) = diag(ᾱ) X Φ_inᵀ − diag(μ) X S_inᵀ − Σ_b (Λ_b ⊙ X 𝓡_bᵀ) 𝓛_b
+    Hq = read(Q; W2),  Zq = gelu(Hq)  (gated: silu(Hq) ⊙ read(Q; W3)),  Y = read(Zq; W1)
+
+End state per matrix: Φ_out = ᾱ_l Φ_in − μ_l S_in − Σ_b 𝓛_bᵀ diag(Λ_b[l]) 𝓡_b, S_out = θ̄_l S_in +
+Σ_b 𝓛_bᵀ diag(Ψ_b[l]) 𝓡_b. The backward is JAX's vjp of this function, traced inside the backward kernel.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from atlas_jax.memory.fast_weights import gelu_and_grad, silu_grad
+from pallas_kernels.omega_chunk.chunk_common import Chunk, ChunkGrads, at, coefficients, mm, mm_nt, mm_tn, row
+
+
+def _factors(kind: str, bias: str, weights, k, v):
+  """{name: (𝓛, 𝓡)} for slot rows k [C, P], v [C, V] at the anchor weights (W1, W2[, W3])."""
+  a1, a2 = weights[0], weights[1]
+  h = mm_nt(k, a2)
+  if kind == "mlp":
+    z, dz = gelu_and_grad(h)
+  else:
+    h3 = mm_nt(k, weights[2])
+    z = jax.nn.sigmoid(h) * h * h3
+  e = -v if bias == "dot" else mm_nt(z, a1) - v
+  d = mm(e, a1)  # rows A1ᵀ e_i [C, F]
+  if kind == "mlp":
+    return ((e, z), (d * dz, k))
+  return ((e, z), (d * h3 * silu_grad(h), k), (d * jax.nn.sigmoid(h) * h, k))
+
+
+def chunk_forward(x: Chunk, weights, states, *, kind: str, window: int, momentum: bool, bias: str):
+  """(Y [C, V], Φ_out, S_out) of one chunk; weights and states are tuples (W1, W2[, W3]) of float32 matrices."""
+  co = coefficients(x, window, momentum)
+  fac_c = _factors(kind, bias, weights, x.kc, x.vc)
+  fac_p = _factors(kind, bias, weights, x.kp, x.vp)
+
+  def read(i, inputs):
+    left_c, right_c = fac_c[i]
+    left_p, right_p = fac_p[i]
+    out = co.alpha_bar[:, None] * mm_nt(inputs, weights[i])
+    out = out - mm(co.lam_c * mm_nt(inputs, right_c), left_c) - mm(co.lam_p * mm_nt(inputs, right_p), left_p)
+    if momentum:
+      out = out - co.mu[:, None] * mm_nt(inputs, states[i])
+    return out
+
+  h = read(1, x.q)
+  if kind == "mlp":
+    zq = gelu_and_grad(h)[0]
+  else:
+    zq = jax.nn.sigmoid(h) * h * read(2, x.q)
+  y = read(0, zq)
+
+  lam_c, lam_p = row(x.sel, co.lam_c), row(x.sel, co.lam_p)
+  psi_c, psi_p = row(x.sel, co.psi_c), row(x.sel, co.psi_p)
+  slot_sum = lambda coef_c, coef_p, i: (mm_tn(fac_c[i][0] * coef_c[:, None], fac_c[i][1])
+                                        + mm_tn(fac_p[i][0] * coef_p[:, None], fac_p[i][1]))
+  new_w, new_s = [], []
+  for i, (w, s) in enumerate(zip(weights, states)):
+    w_out = at(x.sel, co.alpha_bar) * w - slot_sum(lam_c, lam_p, i)
+    s_out = slot_sum(psi_c, psi_p, i)
+    if momentum:
+      w_out = w_out - at(x.sel, co.mu) * s
+      s_out = s_out + at(x.sel, co.theta_bar) * s
+    new_w.append(w_out)
+    new_s.append(s_out)
+  return y, tuple(new_w), tuple(new_s)
+
+
+def chunk_backward(x: Chunk, weights, states, dy, dweights, dstates, **static):
+  """(ChunkGrads, dΦ_in, dS_in) of one chunk: the vjp of `chunk_forward`, recomputed from the saved Φ_in, S_in."""
+  _, pull = jax.vjp(lambda x, w, s: chunk_forward(x, w, s, **static), x, weights, states)
+  gx, dw, ds = pull((dy, tuple(dweights), tuple(dstates)))
+  return ChunkGrads(gx.q, gx.kc, gx.kp, gx.vc, gx.vp, gx.gc, gx.gp, gx.ca, gx.eta, gx.ct), dw, ds
