@@ -14,9 +14,24 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
       end_value=train_config.lr * train_config.final_lr_fraction)
 
 
+# Parameters never decayed, by name: norm scales, biases (gate biases included), the memory output scale, the φ
+# coefficients and the kernel memory's temperature. Matched by name, not by rank: scanned layers stack every
+# parameter with a leading layer axis, and some of these are [H, ·] per-head tables.
+NO_DECAY = frozenset({"scale", "bias", "y_scale", "phi_rho", "inv_temperature_rho"})
+
+
+def _name(path) -> str:
+  """The parameter's own name: the last key of its path that is not NNX's ``value`` leaf."""
+  for key in reversed(path):
+    name = getattr(key, "key", getattr(key, "name", None))
+    if isinstance(name, str) and name != "value":
+      return name
+  return ""
+
+
 def decay_mask(params):
-  """Weight decay on matrices (ndim ≥ 2) only: not on norms, biases, gate biases or φ coefficients."""
-  return jax.tree_util.tree_map(lambda p: p.ndim >= 2, params)
+  """Weight decay on weight matrices only: not on norms, biases, gate biases or φ coefficients (``NO_DECAY``)."""
+  return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim >= 2 and _name(path) not in NO_DECAY, params)
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
