@@ -6,6 +6,10 @@ Width 256, batch 1, float32. Memory layers: 4 heads of 64 (ATLAS: 8 heads of 32 
 chunk granularity), C = 64. Attention: 4 heads of 64, causal, ``jax.nn.dot_product_attention`` (XLA on CPU).
 A cell is skipped when XLA's memory plan exceeds --max_plan_gib or one call exceeds --max_call_s (then it is
 timed once). Where the memory layers' lines cross attention's is the point of the table.
+
+Each memory layer runs once per memory-op implementation in --implementations (default: reference and xla on
+CPU, xla and pallas on GPU; the ATLAS layer's Muon has no Pallas kernel, so its pallas row falls back to xla and
+is left out). The per-token reference stops at --max_reference_length.
 """
 
 from __future__ import annotations
@@ -21,22 +25,37 @@ from atlas_jax.attention import Attention
 from atlas_jax.memory_layer import MemoryLayer
 from atlas_jax.presets import get_preset
 from benchmarks import common
+from pallas_kernels.omega_chunk.ops import unsupported_reason
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096", "16384", "65536"], "sequence lengths")
 _MAX_PLAN = flags.DEFINE_float("max_plan_gib", 12.0, "skip cells whose XLA memory plan is larger")
 _MAX_CALL = flags.DEFINE_float("max_call_s", 30.0, "time a cell once when a call is slower than this")
+_IMPLEMENTATIONS = flags.DEFINE_list("implementations", None,
+                                     "memory-op implementations (default: reference,xla on CPU; xla,pallas on GPU)")
+_MAX_REFERENCE = flags.DEFINE_integer("max_reference_length", 4096, "longest T for the per-token reference")
 _WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
 
+_MEMORY_LAYERS = {  # name: (preset, memory head dim)
+    "ATLAS memory layer": ("atlas", 32),
+    "Titans-style (mlp, momentum)": ("titans", 64),
+    "delta-style (linear)": ("delta", 64),
+}
 
-def _layers():
+
+def _layers(implementations):
+  """{(name, implementation): layer}; attention once, memory layers per implementation."""
   width = 256
-  make = lambda name, **kw: MemoryLayer(get_preset(name, "tiny", width=width, **kw), rngs=nnx.Rngs(0))
-  return {
-      "ATLAS memory layer": make("atlas", memory_head_dim=32, memory=get_preset("atlas", "170m").memory),
-      "Titans-style (mlp, momentum)": make("titans", memory_head_dim=64, memory=get_preset("titans", "170m").memory),
-      "delta-style (linear)": make("delta", memory_head_dim=64, memory=get_preset("delta", "170m").memory),
-      "softmax attention": Attention(width, 4, rngs=nnx.Rngs(0)),
-  }
+  layers = {}
+  for name, (preset, head_dim) in _MEMORY_LAYERS.items():
+    memory = get_preset(preset, "170m").memory
+    for impl in implementations:
+      if impl == "pallas" and unsupported_reason(memory, fresh_state=True, dtype=jnp.float32):
+        continue  # no kernel for this memory (ATLAS: Muon)
+      config = get_preset(preset, "tiny", width=width, memory_head_dim=head_dim, memory=memory,
+                          memory_implementation=impl)
+      layers[name, impl] = MemoryLayer(config, rngs=nnx.Rngs(0))
+  layers["softmax attention", "xla"] = Attention(width, 4, rngs=nnx.Rngs(0))
+  return layers
 
 
 def _cell(layer, length):
@@ -59,17 +78,22 @@ def _cell(layer, length):
 
 def main(argv):
   del argv
+  implementations = _IMPLEMENTATIONS.value or (
+      ["reference", "xla"] if jax.default_backend() == "cpu" else ["xla", "pallas"])
   rows = []
-  for name, layer in _layers().items():
+  for (name, impl), layer in _layers(implementations).items():
     for length in (int(t) for t in _LENGTHS.value):
-      print(f"[layer_scaling] {name} T={length} ...", flush=True)
+      if impl == "reference" and length > _MAX_REFERENCE.value:
+        continue
+      print(f"[layer_scaling] {name} [{impl}] T={length} ...", flush=True)
       (fwd, _), (bwd, plan) = _cell(layer, length)
       fmt = lambda s: "skipped (memory)" if s is None else f"{length / s:,.0f}"
-      rows.append([name, f"{length:,}", fmt(fwd), fmt(bwd), "—" if plan is None else f"{plan / 2**30:.2f}"])
+      rows.append([name, impl, f"{length:,}", fmt(fwd), fmt(bwd), "—" if plan is None else f"{plan / 2**30:.2f}"])
       print("  " + " | ".join(rows[-1]), flush=True)
   body = ("Width 256, batch 1, float32; tokens/s (median of 3 after warm-up, or one call when slower than "
           f"{_MAX_CALL.value:.0f} s); forward+backward plan is XLA's memory plan.\n\n" +
-          common.markdown_table(["layer", "T", "fwd tok/s", "fwd+bwd tok/s", "fwd+bwd plan GiB"], rows))
+          common.markdown_table(["layer", "implementation", "T", "fwd tok/s", "fwd+bwd tok/s", "fwd+bwd plan GiB"],
+                                rows))
   common.report("Layer scaling with T (benchmarks/layer_scaling.py)", body, _WRITE.value)
 
 

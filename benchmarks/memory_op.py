@@ -3,6 +3,9 @@
     LD_PRELOAD=libtcmalloc_minimal.so.4 python -m benchmarks.memory_op            # full table → RESULTS.md
     python -m benchmarks.memory_op --lengths=256,1024 --nowrite                   # quick look
 
+Model-FLOP utilisation: the Muon-off rows print model FLOPs per second (CHUNKED.md §C.9) as a share of a 1024³
+float32 matmul timed in the same process (all cores).
+
 Config (flags): B = 2, H = 4, K = V = 64, mlp memory with F = 256, identity φ, l2, C = 64, W = 4, momentum on;
 Muon off, Muon at chunk granularity (one Newton–Schulz per chunk) and Muon at every position. Per-position Muon
 runs NS on every token's momentum in both implementations — 77–95% of the FLOPs (CHUNKED.md §C.9) — so there the
@@ -25,6 +28,7 @@ import jax.numpy as jnp
 
 from atlas_jax.memory import MemoryConfig, memory_op
 from benchmarks import common
+from benchmarks.flops import matmul_rate, memory_flops
 from atlas_jax.memory.testing import memory_inputs
 
 _LENGTHS = flags.DEFINE_list("lengths", ["256", "1024", "4096", "16384"], "sequence lengths T")
@@ -73,8 +77,11 @@ def _cell(config, implementation, length, with_backward):
 def main(argv):
   del argv
   lengths = [int(t) for t in _LENGTHS.value]
-  columns = ["Muon", "impl", "T", "fwd s", "fwd tok/s", "fwd+bwd s", "fwd+bwd tok/s", "fwd+bwd peak MiB"]
+  columns = ["Muon", "impl", "T", "fwd s", "fwd tok/s", "fwd % matmul", "fwd+bwd s", "fwd+bwd tok/s",
+             "fwd+bwd % matmul", "fwd+bwd peak MiB"]
   rows, times = [], {}
+  peak = matmul_rate()
+  print(f"[memory_op] 1024³ float32 matmul: {peak / 1e9:,.0f} GFLOP/s", flush=True)
   for muon in _MUON.value:
     config = MemoryConfig(kind="mlp", window=_WINDOW.value, chunk_size=_CHUNK.value, momentum=True,
                           muon=muon != "off", granularity="chunk" if muon == "chunk" else "token")
@@ -88,11 +95,17 @@ def main(argv):
         t_fwd, t_bwd, mem = _cell(config, implementation, length, with_backward)
         times[muon, implementation, length] = (t_fwd, t_bwd)
         tokens = _BATCH.value * length
-        row = [muon, implementation, str(length), f"{t_fwd:.3f}", f"{tokens / t_fwd:,.0f}"]
+        model = None if config.muon else memory_flops(config, batch=_BATCH.value, length=length,
+                                                      heads=_HEADS.value, key_dim=_DIM.value,
+                                                      value_dim=_DIM.value, hidden=_HIDDEN.value)
+        share = lambda flop, seconds: "—" if model is None else f"{100 * flop / seconds / peak:.0f}%"
+        row = [muon, implementation, str(length), f"{t_fwd:.3f}", f"{tokens / t_fwd:,.0f}",
+               share(model, t_fwd)]
         if t_bwd is None:
-          row += ["skipped", "skipped", "skipped"]
+          row += ["skipped"] * 4
         else:
-          row += [f"{t_bwd:.3f}", f"{tokens / t_bwd:,.0f}", "n/a" if mem is None else f"{mem / 2**20:,.0f}"]
+          row += [f"{t_bwd:.3f}", f"{tokens / t_bwd:,.0f}", share(3 * (model or 0), t_bwd),
+                  "n/a" if mem is None else f"{mem / 2**20:,.0f}"]
         rows.append(row)
         print("  " + " | ".join(row), flush=True)
 
@@ -114,7 +127,9 @@ def main(argv):
           line += f", {ref[1] / xla[1]:.1f}× (fwd+bwd)"
         summary.append(line)
   config_line = (f"B={_BATCH.value}, H={_HEADS.value}, K=V={_DIM.value}, mlp F={_HIDDEN.value}, identity φ, l2, "
-                 f"C={_CHUNK.value}, W={_WINDOW.value}, momentum on; float32; remat on (both)")
+                 f"C={_CHUNK.value}, W={_WINDOW.value}, momentum on; float32; remat on (both). % matmul: model FLOPs "
+                 f"(CHUNKED.md §C.9, benchmarks/flops.py; fwd+bwd = 3× fwd; Muon off only) per second over a "
+                 f"1024³ float32 matmul in this process ({peak / 1e9:,.0f} GFLOP/s).")
   body = config_line + "\n\n" + common.markdown_table(columns, rows) + "\n\n" + "\n".join(summary)
   common.report("Memory op: reference vs xla (benchmarks/memory_op.py)", body, _WRITE.value)
 

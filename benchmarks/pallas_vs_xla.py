@@ -8,8 +8,8 @@ one K×V matrix per head, the same as a gated delta rule). Then Titans-style mlp
 F = 128, W = 1), whose kernel keeps W1, W2 and their momenta in one program per head. A kernel that fails to
 compile is reported in the table, not fatal. Forward = outputs and final state; forward+backward =
 gradient of a scalar of the outputs with respect to q, k, v, every gate and Φ_init. Times are medians after a
-warm-up call. Model FLOPs follow CHUNKED.md §C.9 (linear, N = C + W − 1 slots, coefficients included) for both
-implementations; forward+backward counts 3× the forward. Achieved TFLOP/s is compared with a bf16 8192³ matmul
+warm-up call. Model FLOPs follow CHUNKED.md §C.9 (``benchmarks/flops.py``), the same count for every
+implementation; forward+backward counts 3× the forward. Achieved TFLOP/s is compared with a bf16 8192³ matmul
 measured in the same process. flash-linear-attention's ``chunk_gated_delta_rule`` (PyTorch + Triton; a delta
 rule, W = 1, no momentum) runs at the same B, T, H, K, V when ``import fla`` works — carry its wheel to the GPU
 machine. Run through ``benchmarks/gpu_check.sh``.
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 from atlas_jax.memory import MemoryConfig, memory_op
 from atlas_jax.memory.testing import memory_inputs
-from benchmarks import common
+from benchmarks import common, flops
 
 _LENGTHS = flags.DEFINE_list("lengths", ["2048", "8192", "32768"], "sequence lengths T")
 _WINDOWS = flags.DEFINE_list("windows", ["1", "4"], "Omega windows W")
@@ -38,22 +38,6 @@ _MLP_LENGTHS = flags.DEFINE_list("mlp_lengths", ["2048", "8192"], "T for the mlp
 _MLP_DIM = flags.DEFINE_integer("mlp_dim", 64, "K = V of the mlp memory rows (F = 2·K)")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per cell (median)")
 _WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
-
-
-def model_flops(length: int, chunk: int, window: int, dim: int, heads: int, batch: int, momentum=True) -> float:
-  """Forward FLOPs of the linear memory (CHUNKED.md §C.9) with P = V = dim and l2."""
-  n = chunk + window - 1
-  m = 1 if momentum else 0
-  per_chunk = 2 * n * dim * dim + 2 * chunk * dim * dim * (1 + m) + 2 * chunk * n * 2 * dim + 2 * n * dim * dim * (1 + m)
-  per_chunk += 2 * chunk**2 * n + 2 * chunk**3 * m  # Λ and J
-  return per_chunk * (length / chunk) * heads * batch
-
-
-def matmul_peak_tflops(size: int = 8192) -> float:
-  a = jnp.ones((size, size), jnp.bfloat16)
-  f = jax.jit(lambda a: a @ a)
-  seconds = common.time_call(f, a, repeats=5)
-  return 2 * size**3 / seconds / 1e12
 
 
 def _functions(config: MemoryConfig, implementation: str):
@@ -102,7 +86,7 @@ def _fla_times(batch, length, heads, dim, repeats):
 def main(argv):
   del argv
   batch, heads, dim, chunk = _BATCH.value, _HEADS.value, _DIM.value, _CHUNK.value
-  peak = matmul_peak_tflops()
+  peak = flops.matmul_rate(8192, jnp.bfloat16, repeats=5) / 1e12
   print(f"bf16 8192³ matmul: {peak:.0f} TFLOP/s", flush=True)
   rows, ratios = [], []
   for window in map(int, _WINDOWS.value):
@@ -111,17 +95,18 @@ def main(argv):
       q, k, v, gates, weights, _ = memory_inputs(config, batch=batch, length=length, heads=heads, key_dim=dim,
                                                  value_dim=dim)
       q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
-      flops = model_flops(length, chunk, window, dim, heads, batch)
+      model_flops = flops.memory_flops(config, batch=batch, length=length, heads=heads, key_dim=dim,
+                                       value_dim=dim)
       cell = {}
       for impl in ("xla", "pallas"):
         cell[impl] = _time(config, impl, (q, k, v, gates, weights))
-        rows.append(_row(impl, window, length, batch, *cell[impl], flops, peak))
+        rows.append(_row(impl, window, length, batch, *cell[impl], model_flops, peak))
         print(" | ".join(rows[-1]), flush=True)
       ratios.append([f"linear W={window}", str(length), _ratio(cell, 0), _ratio(cell, 1)])
       if window == 1:
         fla = _fla_times(batch, length, heads, dim, _REPEATS.value)
         if fla is not None:
-          rows.append(_row("fla chunk_gated_delta_rule", 1, length, batch, *fla, flops, peak))
+          rows.append(_row("fla chunk_gated_delta_rule", 1, length, batch, *fla, model_flops, peak))
           print(" | ".join(rows[-1]), flush=True)
   for length in map(int, filter(None, _MLP_LENGTHS.value)):
     config = MemoryConfig(kind="mlp", window=1, chunk_size=chunk, momentum=True)
@@ -132,7 +117,9 @@ def main(argv):
     cell = {}
     for impl in ("xla", "pallas"):
       cell[impl] = _time(config, impl, (q, k, v, gates, weights))
-      rows.append(_row(f"{impl} (mlp, K = {dim})", 1, length, batch, *cell[impl], float("nan"), peak))
+      mlp_flops = flops.memory_flops(config, batch=batch, length=length, heads=heads, key_dim=dim, value_dim=dim,
+                                     hidden=2 * dim)
+      rows.append(_row(f"{impl} (mlp, K = {dim})", 1, length, batch, *cell[impl], mlp_flops, peak))
       print(" | ".join(rows[-1]), flush=True)
     ratios.append(["mlp W=1", str(length), _ratio(cell, 0), _ratio(cell, 1)])
   columns = ["implementation", "W", "T", "fwd ms", "fwd tok/s", "fwd TFLOP/s", "fwd % peak", "fwd+bwd ms",
@@ -160,16 +147,14 @@ def _ratio(cell, i):
   return "failed" if a is None or b is None else f"{a / b:.2f}×"
 
 
-def _row(name, window, length, batch, fwd, bwd, flops, peak):
+def _row(name, window, length, batch, fwd, bwd, model_flops, peak):
   tokens = batch * length
   if fwd is None:
     return [name, str(window), str(length)] + ["failed"] * 8
-  if flops != flops:  # NaN: no FLOP model for this row
-    return [name, str(window), str(length), f"{fwd * 1e3:.2f}", f"{tokens / fwd:,.0f}", "—", "—",
-            f"{bwd * 1e3:.2f}", f"{tokens / bwd:,.0f}", "—", "—"]
-  return [name, str(window), str(length), f"{fwd * 1e3:.2f}", f"{tokens / fwd:,.0f}", f"{flops / fwd / 1e12:.1f}",
-          f"{100 * flops / fwd / 1e12 / peak:.1f}", f"{bwd * 1e3:.2f}", f"{tokens / bwd:,.0f}",
-          f"{3 * flops / bwd / 1e12:.1f}", f"{100 * 3 * flops / bwd / 1e12 / peak:.1f}"]
+  fwd_rate, bwd_rate = model_flops / fwd / 1e12, 3 * model_flops / bwd / 1e12
+  return [name, str(window), str(length), f"{fwd * 1e3:.2f}", f"{tokens / fwd:,.0f}", f"{fwd_rate:.1f}",
+          f"{100 * fwd_rate / peak:.1f}", f"{bwd * 1e3:.2f}", f"{tokens / bwd:,.0f}", f"{bwd_rate:.1f}",
+          f"{100 * bwd_rate / peak:.1f}"]
 
 
 if __name__ == "__main__":

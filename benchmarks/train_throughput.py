@@ -13,11 +13,9 @@ utilisation is against a 1024³ float32 matmul timed in the same process.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
@@ -25,6 +23,7 @@ from atlas_jax.model import AtlasLM
 from atlas_jax.presets import PRESETS, get_preset
 from atlas_jax.training.step import make_train_step
 from benchmarks import common
+from benchmarks.flops import matmul_rate
 
 _PRESETS = flags.DEFINE_list("presets", list(PRESETS), "presets to time")
 _STEPS = flags.DEFINE_integer("repeats", 5, "timed steps (median)")
@@ -42,12 +41,6 @@ def _config(name: str, variant: str = ""):
   return config
 
 
-def _matmul_peak() -> float:
-  a = jnp.ones((1024, 1024), jnp.float32)
-  f = jax.jit(lambda a: a @ a)
-  return 2 * 1024**3 / common.time_call(f, a, repeats=10)
-
-
 def _measure(config) -> tuple[float, float]:
   graphdef, params = nnx.split(AtlasLM(config, rngs=nnx.Rngs(0)))
   tx = optax.adamw(1e-3)
@@ -63,7 +56,7 @@ def _measure(config) -> tuple[float, float]:
 
 def main(argv):
   del argv
-  peak = _matmul_peak()
+  peak = matmul_rate()
   runs = [(name, "") for name in _PRESETS.value]
   if "atlas" in _PRESETS.value:
     runs += [("atlas", "no-muon")]
