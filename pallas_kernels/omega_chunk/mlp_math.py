@@ -19,7 +19,6 @@ End state per matrix: Φ_out = ᾱ_l Φ_in − μ_l S_in − Σ_b 𝓛_bᵀ diag
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from atlas_jax.memory.fast_weights import gelu_and_grad, silu_grad
 from pallas_kernels.omega_chunk.chunk_common import Chunk, ChunkGrads, at, coefficients, mm, mm_nt, mm_tn, row

