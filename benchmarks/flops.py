@@ -23,6 +23,8 @@ def memory_flops(config: MemoryConfig, *, batch: int, length: int, heads: int, k
   """Forward model FLOPs of the memory op over [B, T] tokens (identity φ: P = K)."""
   if config.muon:
     raise ValueError("memory_flops counts the non-Muon path (Muon adds Newton–Schulz per position, §C.9).")
+  if config.feature_map != "identity":
+    raise ValueError("memory_flops counts identity φ (P = K); polynomial φ widens P (feature_dim).")
   c, p, v, f = config.chunk_size, key_dim, value_dim, hidden
   n = c + config.window - 1
   l2 = 1 if config.bias == "l2" else 0

@@ -89,6 +89,22 @@ def main(argv):
   peak = flops.matmul_rate(8192, jnp.bfloat16, repeats=5) / 1e12
   print(f"bf16 8192³ matmul: {peak:.0f} TFLOP/s", flush=True)
   rows, ratios = [], []
+  note = ""
+  try:
+    _measure_all(rows, ratios, batch, heads, dim, chunk, peak)
+  except KeyboardInterrupt:  # gpu_check.sh stops a slow run with SIGINT: keep what was measured
+    note = " Interrupted by the time limit: the table holds the cells measured before it."
+  columns = ["implementation", "W", "T", "fwd ms", "fwd tok/s", "fwd TFLOP/s", "fwd % peak", "fwd+bwd ms",
+             "fwd+bwd tok/s", "fwd+bwd TFLOP/s", "fwd+bwd % peak"]
+  body = (f"B = {batch}, H = {heads}, K = V = {dim}, C = {chunk}, bf16 inputs, linear memory (l2, momentum). "
+          f"Measured bf16 matmul peak: {peak:.0f} TFLOP/s.{note}\n\n" + common.markdown_table(columns, rows)
+          + "\n\nxla time / pallas time:\n\n"
+          + common.markdown_table(["memory", "T", "forward", "forward+backward"], ratios))
+  common.report("Pallas kernels vs xla path (linear memory, GPU)", body, _WRITE.value)
+
+
+def _measure_all(rows, ratios, batch, heads, dim, chunk, peak):
+  """Fill rows (one per implementation and cell) and ratios (xla / pallas per cell), printing as it goes."""
   for window in map(int, _WINDOWS.value):
     config = MemoryConfig(kind="linear", window=window, chunk_size=chunk, momentum=True)
     for length in map(int, _LENGTHS.value):
@@ -105,30 +121,26 @@ def main(argv):
       ratios.append([f"linear W={window}", str(length), _ratio(cell, 0), _ratio(cell, 1)])
       if window == 1:
         fla = _fla_times(batch, length, heads, dim, _REPEATS.value)
-        if fla is not None:
-          rows.append(_row("fla chunk_gated_delta_rule", 1, length, batch, *fla, model_flops, peak))
+        if fla is not None:  # a delta rule: the W = 1 count without momentum
+          delta = MemoryConfig(kind="linear", window=1, chunk_size=chunk, momentum=False)
+          delta_flops = flops.memory_flops(delta, batch=batch, length=length, heads=heads, key_dim=dim,
+                                           value_dim=dim)
+          rows.append(_row("fla chunk_gated_delta_rule", 1, length, batch, *fla, delta_flops, peak))
           print(" | ".join(rows[-1]), flush=True)
   for length in map(int, filter(None, _MLP_LENGTHS.value)):
     config = MemoryConfig(kind="mlp", window=1, chunk_size=chunk, momentum=True)
-    dim = _MLP_DIM.value
-    q, k, v, gates, weights, _ = memory_inputs(config, batch=batch, length=length, heads=heads, key_dim=dim,
-                                               value_dim=dim, hidden=2 * dim)
+    mlp_dim = _MLP_DIM.value
+    q, k, v, gates, weights, _ = memory_inputs(config, batch=batch, length=length, heads=heads, key_dim=mlp_dim,
+                                               value_dim=mlp_dim, hidden=2 * mlp_dim)
     q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
     cell = {}
     for impl in ("xla", "pallas"):
       cell[impl] = _time(config, impl, (q, k, v, gates, weights))
-      mlp_flops = flops.memory_flops(config, batch=batch, length=length, heads=heads, key_dim=dim, value_dim=dim,
-                                     hidden=2 * dim)
-      rows.append(_row(f"{impl} (mlp, K = {dim})", 1, length, batch, *cell[impl], mlp_flops, peak))
+      mlp_flops = flops.memory_flops(config, batch=batch, length=length, heads=heads, key_dim=mlp_dim,
+                                     value_dim=mlp_dim, hidden=2 * mlp_dim)
+      rows.append(_row(f"{impl} (mlp, K = {mlp_dim})", 1, length, batch, *cell[impl], mlp_flops, peak))
       print(" | ".join(rows[-1]), flush=True)
     ratios.append(["mlp W=1", str(length), _ratio(cell, 0), _ratio(cell, 1)])
-  columns = ["implementation", "W", "T", "fwd ms", "fwd tok/s", "fwd TFLOP/s", "fwd % peak", "fwd+bwd ms",
-             "fwd+bwd tok/s", "fwd+bwd TFLOP/s", "fwd+bwd % peak"]
-  body = (f"B = {batch}, H = {heads}, K = V = {dim}, C = {chunk}, bf16 inputs, linear memory (l2, momentum). "
-          f"Measured bf16 matmul peak: {peak:.0f} TFLOP/s.\n\n" + common.markdown_table(columns, rows)
-          + "\n\nxla time / pallas time:\n\n"
-          + common.markdown_table(["memory", "T", "forward", "forward+backward"], ratios))
-  common.report("Pallas kernels vs xla path (linear memory, GPU)", body, _WRITE.value)
 
 
 def _time(config, impl, args):

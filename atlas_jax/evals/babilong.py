@@ -260,22 +260,28 @@ def run_babilong(generate_fn: Callable[[str, int], str], tokenizer, tasks: Seque
   """Accuracy of ``generate_fn`` per task and length; writes ``babilong.json``, ``.md`` and an accuracy plot.
 
   ``generate_fn(prompt_text, max_new_tokens)`` returns the greedy continuation. Samples are generated
-  (:func:`make_babilong_samples`) unless ``data_files[(task, length)]`` names a real BABILong file, whose
-  first ``num_samples`` rows are used. Returns the summary (the JSON without per-sample records).
+  (:func:`make_babilong_samples`) for every task × length (lengths in tokens), and read from real BABILong files
+  for every ``data_files[(task, length)]`` (first ``num_samples`` rows; length may be a label such as "4k");
+  cells with neither stay empty (—). Returns the summary (the JSON without per-sample records).
   """
   os.makedirs(out_dir, exist_ok=True)
   data_files = dict(data_files or {})
+  for length in lengths:
+    if isinstance(length, str):
+      raise ValueError(f"length {length!r} is a label; generated lengths must be ints (tokens). Name real "
+                       "BABILong files in data_files={(task, label): path} instead.")
+  # Generated cells: tasks × lengths; file cells: each data_files entry (other cells of a file's length: —).
+  all_lengths = list(lengths) + [L for L in dict.fromkeys(L for _, L in data_files) if L not in lengths]
   records, label_acc, exact_acc = [], {}, {}
   for task in tasks:
-    for length in lengths:
+    for length in all_lengths:
       if (task, length) in data_files:
         samples = load_babilong_file(data_files[task, length], task, length)[:num_samples]
-      elif isinstance(length, str):
-        raise ValueError(f"length {length!r} is a label; generated lengths must be ints (tokens). Give "
-                         f"data_files[({task!r}, {length!r})] to evaluate a real BABILong file.")
-      else:
+      elif length in lengths:
         samples = make_babilong_samples(task, length, num_samples, tokenizer, seed=seed,
                                         prompt_reserve=prompt_reserve, log=log)
+      else:
+        samples = []
       cell = []
       for sample in samples:
         prediction = generate_fn(sample.prompt, max_new_tokens)
@@ -287,10 +293,11 @@ def run_babilong(generate_fn: Callable[[str, int], str], tokenizer, tasks: Seque
       key = f"{task}/{length}"
       label_acc[key] = 100.0 * np.mean([r["label_correct"] for r in cell]) if cell else math.nan
       exact_acc[key] = 100.0 * np.mean([r["exact"] for r in cell]) if cell else math.nan
-      log(f"BABILong {task} length {length}: label accuracy {label_acc[key]:.1f}, exact match "
-          f"{exact_acc[key]:.1f} over {len(cell)} samples")
+      if samples != []:
+        log(f"BABILong {task} length {length}: label accuracy {label_acc[key]:.1f}, exact match "
+            f"{exact_acc[key]:.1f} over {len(cell)} samples")
   summary = dict(
-      tasks=list(tasks), lengths=list(lengths), seed=seed, prompt_reserve=prompt_reserve,
+      tasks=list(tasks), lengths=all_lengths, seed=seed, prompt_reserve=prompt_reserve,
       max_new_tokens=max_new_tokens, prompt_format=make_prompt("{context}", "{question}"),
       background=prose.SUBSTITUTION, length_unit="tokens of the evaluated model's tokenizer",
       data_files={f"{t}/{L}": p for (t, L), p in data_files.items()},

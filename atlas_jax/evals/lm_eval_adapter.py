@@ -3,6 +3,7 @@
     python -m experiments.lm_eval_main --model atlas-jax --model_args workdir=runs/atlas --tasks lambada_openai
     python -m experiments.lm_eval_main --model atlas-jax --model_args preset=atlas,size=tiny,chunk_size=128 ...
     lm_eval.simple_evaluate(model=AtlasJaxLM(language_model), tasks=[...], task_manager=...)
+    run_lm_eval(language_model, ["toy_mc"], out_dir, include_path="tests/evals/lm_eval_tasks")  # + JSON, Markdown
 
 Requests (``Instance.args``) map onto a ``LanguageModel``:
   loglikelihood          (context, continuation) → (Σ log p, is_greedy). Trailing spaces of the context move to
@@ -81,10 +82,6 @@ class AtlasJaxLM(LM):
       raise ValueError(f"max_gen_toks must be ≥ 1; got {max_gen_toks}.")
     self.max_gen_toks = int(max_gen_toks)
 
-  @classmethod
-  def from_language_model(cls, lm: LanguageModel, **kwargs) -> "AtlasJaxLM":
-    return cls(lm, **kwargs)
-
   def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
     context, continuation = _split_context(context, continuation)
     whole = self.lm.encode(context + continuation)
@@ -132,3 +129,33 @@ class AtlasJaxLM(LM):
       results.append(result)
       self.cache_hook.add_partial("generate_until", (context, gen_kwargs), result)
     return results
+
+
+def run_lm_eval(lm: LanguageModel, tasks, out_dir: str, *, include_path: str | None = None,
+                limit: int | None = None) -> dict[str, float]:
+  """Run lm-eval `tasks` on `lm` (``include_path``: a folder of extra task YAMLs, used without lm-eval's
+  built-in index); writes ``lm_eval.json`` and ``lm_eval.md`` into `out_dir` and returns
+  {"<task> <metric>": value} for the numeric metrics (no standard errors)."""
+  import json
+  import os
+
+  import lm_eval
+  from lm_eval.tasks import TaskManager
+
+  manager = (TaskManager(include_path=os.path.abspath(include_path), include_defaults=False) if include_path
+             else TaskManager())
+  results = lm_eval.simple_evaluate(model=AtlasJaxLM(lm), tasks=list(tasks), task_manager=manager, limit=limit)
+  metrics = results["results"]
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "lm_eval.json"), "w", encoding="utf-8") as f:
+    json.dump(metrics, f, indent=1, default=str)
+  headline = {}
+  lines = ["# lm-evaluation-harness", "", "| task | metric | value |", "|---|---|---|"]
+  for task, values in metrics.items():
+    for metric, value in values.items():
+      if isinstance(value, (int, float)) and "stderr" not in metric:
+        lines.append(f"| {task} | {metric} | {value:.4g} |")
+        headline[f"{task} {metric.split(',')[0]}"] = float(value)
+  with open(os.path.join(out_dir, "lm_eval.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  return headline

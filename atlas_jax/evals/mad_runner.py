@@ -4,7 +4,7 @@
 
 Model: the preset at MAD's width 128 and depth 2 (one atlas-jax block = sequence mixer + SwiGLU, so
 ``num_layers=2``), vocabulary = the task's. The compression task uses MAD's auto-encoder head
-(``MadAutoEncoder``): the block stack encodes the sequence, the last position is kept, ``h = e + pos_sincos(t)``
+(``mad_model.MadAutoEncoder``): the block stack encodes the sequence, the last position is kept, ``h = e + pos_sincos(t)``
 for every output position t goes through the fixed decoder RMSNorm → Linear(D, D) → GELU → RMSNorm →
 Linear(D, D) → GELU and the model's own final RMSNorm + un-embedding.
 
@@ -44,15 +44,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from atlas_jax.config import ModelConfig
 from atlas_jax.evals import mad
 from atlas_jax.evals.mad import IGNORE, MadSetting
-from atlas_jax.layers import Dense, RMSNorm
-from atlas_jax.model import AtlasLM, check_tokens
-from atlas_jax.presets import get_preset
+from atlas_jax.evals.mad_model import MAD_WIDTH, build_model, mad_model_config
 from atlas_jax.training.optim import decay_mask
 
-MAD_WIDTH, MAD_LAYERS = 128, 2
 MIN_LR = 1e-6  # end of the cosine schedule
 TARGET_ACCURACY = 0.999  # early stop once the test macro accuracy reaches this
 FULL_LR_GRID = ((1e-4, 0.0), (1e-4, 0.1), (5e-4, 0.0), (5e-4, 0.1), (1e-3, 0.0), (1e-3, 0.1))
@@ -78,81 +74,6 @@ RUN_SCALES = {
 }
 
 
-def mad_model_config(preset: str, vocab_size: int, *, size: str = "170m",
-                     overrides: Mapping[str, Any] | None = None) -> ModelConfig:
-  """`preset` at MAD's shape: width 128, 2 blocks, `vocab_size`, plain layers, no remat; `overrides` win."""
-  fields = dict(vocab_size=vocab_size, width=MAD_WIDTH, num_layers=MAD_LAYERS, scan_layers=False, remat="none")
-  fields.update(overrides or {})
-  if "memory" in fields and isinstance(fields["memory"], Mapping):  # partial memory overrides, e.g. chunk_size
-    memory = get_preset(preset, size).memory
-    fields["memory"] = dataclasses.replace(memory, **fields["memory"])
-  return get_preset(preset, size, **fields)
-
-
-def sincos_positions(length: int, dim: int) -> jax.Array:
-  """[T, D] sinusoidal embedding: sin(t ω_i) then cos(t ω_i), ω_i = 10000^(−i / (D/2 − 1)), zero-padded if D odd."""
-  half = dim // 2
-  freq = jnp.exp(-math.log(10000.0) / max(half - 1, 1) * jnp.arange(half, dtype=jnp.float32))
-  angle = jnp.arange(length, dtype=jnp.float32)[:, None] * freq[None]
-  emb = jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=1)
-  return jnp.pad(emb, ((0, 0), (0, dim % 2)))
-
-
-class MadAutoEncoder(nnx.Module):
-  """MAD's compression model around an AtlasLM: encode with its blocks, keep the last position, decode.
-
-  logits[b, t] = head(final_norm(dec(h_b + pos_sincos(t)))), h_b = blocks(embed(tokens_b))[T − 1];
-  dec = GELU ∘ Linear ∘ RMSNorm ∘ GELU ∘ Linear ∘ RMSNorm (Linear with bias). The AtlasLM's final norm and head
-  are MAD's un-embedding "norm + linear".
-  """
-
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-    self.lm = AtlasLM(config, rngs=rngs)
-    width = config.width
-    kw = dict(rngs=rngs, dtype=config.jnp_dtype, param_dtype=config.jnp_param_dtype)
-    self.dec_norm1 = RMSNorm(width, **kw)
-    self.dec_fc1 = Dense(width, width, ("embed", "mlp"), use_bias=True, **kw)
-    self.dec_norm2 = RMSNorm(width, **kw)
-    self.dec_fc2 = Dense(width, width, ("mlp", "embed"), use_bias=True, **kw)
-
-  def encode(self, tokens: jax.Array) -> jax.Array:
-    """tokens [B, T] → the last position's hidden state [B, D] after the block stack (no final norm)."""
-    lm, config = self.lm, self.lm.config
-    check_tokens(tokens, config.vocab_size)
-    x = jnp.take(lm.embed[...], tokens, axis=0).astype(config.jnp_dtype)
-    if config.scan_layers:
-      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
-      def run(block, x):
-        return block(x)[0]
-
-      x = run(lm.layers, x)
-    else:
-      for block in lm.layers:
-        x, _ = block(x)
-    return x[:, -1]
-
-  def __call__(self, tokens: jax.Array, cache=None):
-    """tokens [B, T] int → (logits [B, T, vocab] float32, None); `cache` must be None (no decoding)."""
-    if cache is not None:
-      raise ValueError("MadAutoEncoder has no decoding cache; call it with cache=None.")
-    lm, config = self.lm, self.lm.config
-    h = self.encode(tokens)
-    length = tokens.shape[1]
-    x = (h[:, None, :].astype(jnp.float32) + sincos_positions(length, config.width)[None]).astype(config.jnp_dtype)
-    x = jax.nn.gelu(self.dec_fc1(self.dec_norm1(x)), approximate=False)
-    x = jax.nn.gelu(self.dec_fc2(self.dec_norm2(x)), approximate=False)
-    x = lm.final_norm(x)
-    if lm.head is None:
-      return x.astype(jnp.float32) @ lm.embed[...].astype(jnp.float32).T, None
-    return lm.head(x).astype(jnp.float32), None
-
-
-def build_model(task: str, config: ModelConfig, *, seed: int = 0) -> nnx.Module:
-  """The MAD model of `task`: ``MadAutoEncoder`` for compression, the causal AtlasLM otherwise."""
-  rngs = nnx.Rngs(seed)
-  return MadAutoEncoder(config, rngs=rngs) if task == "compression" else AtlasLM(config, rngs=rngs)
-
-
 def masked_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
   """Mean cross-entropy over positions with targets ≠ −100 (0 if there are none); logits [..., V]."""
   keep = targets != IGNORE
@@ -162,8 +83,9 @@ def masked_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 def _optimizer() -> optax.GradientTransformation:
   # lr and weight decay are injected state (set per run and per epoch), so one compiled step serves every run.
-  return optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                                               mask=decay_mask)
+  # The mask is static: inject_hyperparams would otherwise call it as a schedule of the step count.
+  return optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+      learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, mask=decay_mask)
 
 
 def _make_steps(graphdef, tx):
@@ -218,7 +140,7 @@ def _evaluate(predict, params, rest, data: mad.MadData, batch_size: int) -> dict
   return {"macro": mad.macro_accuracy(preds, data.test_targets), "micro": mad.micro_accuracy(preds, data.test_targets)}
 
 
-def train_and_evaluate(steps, params0, rest, data: mad.MadData, *, lr: float, weight_decay: float, epochs: int,
+def train_run(steps, params0, rest, data: mad.MadData, *, lr: float, weight_decay: float, epochs: int,
                        batch_size: int, seed: int = 0, log: Callable[[str], None] = print,
                        prefix: str = "") -> dict[str, Any]:
   """One MAD run from the initial parameters `params0`: train ≤ `epochs`, score the test split after each epoch.
@@ -299,7 +221,7 @@ def run_settings(preset: str, task_settings: Mapping[str, Sequence[MadSetting]],
       model = build_model(task, config, seed=seed)
       graphdef, params0, rest = nnx.split(model, nnx.Param, ...)
       steps = _make_steps(graphdef, _optimizer())
-      runs = [train_and_evaluate(steps, params0, rest, data, lr=lr, weight_decay=wd, epochs=epochs,
+      runs = [train_run(steps, params0, rest, data, lr=lr, weight_decay=wd, epochs=epochs,
                                  batch_size=batch_size, seed=seed, log=log, prefix=prefix) for lr, wd in lr_grid]
       best = max(runs, key=lambda r: r["macro"])
       log(f"{prefix} best acc {best['macro']:.4f} (lr={best['lr']:g}, wd={best['weight_decay']:g})")

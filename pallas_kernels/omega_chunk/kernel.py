@@ -97,44 +97,45 @@ def _load_chunk(refs, j, chunk) -> Chunk:
 
 
 def _forward_kernel(*refs, static: _Static, num_weights: int, save_states: bool):
-  inputs = refs[:_INPUTS]
-  w0, s0 = refs[_INPUTS:_INPUTS + num_weights], refs[_INPUTS + num_weights:_INPUTS + 2 * num_weights]
-  outs = refs[_INPUTS + 2 * num_weights:]
-  y_ref = outs[0]
-  w_out, s_out, anchor = (outs[1 + i * num_weights:1 + (i + 1) * num_weights] for i in range(3))
-  saved = outs[1 + 3 * num_weights:]  # Φ_in per chunk (then S_in per chunk with momentum)
+  nw = num_weights
+  input_refs = refs[:_INPUTS]
+  w0_refs, s0_refs = refs[_INPUTS:_INPUTS + nw], refs[_INPUTS + nw:_INPUTS + 2 * nw]  # [m, n] each (BV rows)
+  out_refs = refs[_INPUTS + 2 * nw:]
+  y_ref = out_refs[0]  # [T, BV]
+  w_out_refs, s_out_refs, anchor_refs = (out_refs[1 + i * nw:1 + (i + 1) * nw] for i in range(3))
+  saved_refs = out_refs[1 + 3 * nw:]  # [n, m, n']: Φ_in per chunk (then S_in per chunk with momentum)
   chunk = static.chunk
   n = y_ref.shape[0] // chunk
 
   def step(j, weights, states):
     if save_states:
-      for i in range(num_weights):
-        saved[i][j] = weights[i]
+      for i in range(nw):
+        saved_refs[i][j] = weights[i]
         if static.momentum:
-          saved[num_weights + i][j] = states[i]
-    y, weights, states = static.forward(_load_chunk(inputs, j, chunk), weights, states)
-    y_ref[pl.ds(j * chunk, chunk), :] = y.astype(y_ref.dtype)
+          saved_refs[nw + i][j] = states[i]
+    y, weights, states = static.forward(_load_chunk(input_refs, j, chunk), weights, states)
+    y_ref[pl.ds(j * chunk, chunk), :] = y.astype(y_ref.dtype)  # [C, BV]
     return weights, states
 
-  init = (tuple(r[...].astype(jnp.float32) for r in w0), tuple(r[...].astype(jnp.float32) for r in s0))
+  init = (tuple(r[...].astype(jnp.float32) for r in w0_refs), tuple(r[...].astype(jnp.float32) for r in s0_refs))
   weights, states = jax.lax.fori_loop(0, n - 1, lambda j, carry: step(j, *carry), init)
-  for ref, w in zip(anchor, weights):  # Φ_in of the last chunk: the state's anchor
+  for ref, w in zip(anchor_refs, weights):  # Φ_in of the last chunk: the state's anchor
     ref[...] = w
   weights, states = step(n - 1, weights, states)
-  for ref, w in zip(w_out + s_out, weights + states):
+  for ref, w in zip(w_out_refs + s_out_refs, weights + states):
     ref[...] = w
 
 
 def _backward_kernel(*refs, static: _Static, num_weights: int):
   nw = num_weights
-  inputs = refs[:_INPUTS]
-  w_saved, s_saved = refs[_INPUTS:_INPUTS + nw], refs[_INPUTS + nw:_INPUTS + 2 * nw]
-  dy_ref = refs[_INPUTS + 2 * nw]
-  dw_out, ds_out, d_anchor = (refs[_INPUTS + 2 * nw + 1 + i * nw:_INPUTS + 2 * nw + 1 + (i + 1) * nw]
-                              for i in range(3))
-  outs = refs[_INPUTS + 5 * nw + 1:]
-  dq_ref, dk_ref, dv_ref, dgamma_ref, dca_ref, deta_ref, dct_ref = outs[:7]
-  dw0, ds0 = outs[7:7 + nw], outs[7 + nw:]
+  input_refs = refs[:_INPUTS]
+  w_saved_refs, s_saved_refs = refs[_INPUTS:_INPUTS + nw], refs[_INPUTS + nw:_INPUTS + 2 * nw]  # [n, m, n']
+  dy_ref = refs[_INPUTS + 2 * nw]  # [T, BV]
+  dw_out_refs, ds_out_refs, d_anchor_refs = (
+      refs[_INPUTS + 2 * nw + 1 + i * nw:_INPUTS + 2 * nw + 1 + (i + 1) * nw] for i in range(3))  # [m, n']
+  out_refs = refs[_INPUTS + 5 * nw + 1:]
+  dq_ref, dk_ref, dv_ref, dgamma_ref, dca_ref, deta_ref, dct_ref = out_refs[:7]  # [T, P] ×2, [T, BV], [T] ×4
+  dw0_refs, ds0_refs = out_refs[7:7 + nw], out_refs[7 + nw:]
   chunk = static.chunk
   n = dy_ref.shape[0] // chunk
   is_last = lambda j: jnp.maximum(j - (n - 2), 0).astype(jnp.float32)  # 1 for j = n − 1, else 0
@@ -142,13 +143,14 @@ def _backward_kernel(*refs, static: _Static, num_weights: int):
   def body(i, carry):
     j = n - 1 - i
     dweights, dstates, pend_k, pend_v, pend_g = carry
-    weights = tuple(r[j] for r in w_saved)
-    states = tuple(r[j] for r in s_saved) if static.momentum else tuple(jnp.zeros_like(w) for w in weights)
+    weights = tuple(r[j] for r in w_saved_refs)
+    states = (tuple(r[j] for r in s_saved_refs) if static.momentum
+              else tuple(jnp.zeros_like(w) for w in weights))
     rows = pl.ds(j * chunk, chunk)
-    g, dweights, dstates = static.backward(_load_chunk(inputs, j, chunk), weights, states,
+    g, dweights, dstates = static.backward(_load_chunk(input_refs, j, chunk), weights, states,
                                            dy_ref[rows, :].astype(jnp.float32), dweights, dstates)
     # The anchor output is Φ_in of the last chunk.
-    dweights = tuple(dw + is_last(j) * r[...] for dw, r in zip(dweights, d_anchor))
+    dweights = tuple(dw + is_last(j) * r[...] for dw, r in zip(dweights, d_anchor_refs))
     dq_ref[rows, :] = g.q
     dk_ref[rows, :] = g.kc + pend_k  # the next chunk's carried slots are this chunk's rows
     dv_ref[rows, :] = (g.vc + pend_v).astype(dv_ref.dtype)
@@ -160,19 +162,24 @@ def _backward_kernel(*refs, static: _Static, num_weights: int):
 
   p, bv = dq_ref.shape[1], dv_ref.shape[1]
   zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
-  init = (tuple(r[...] for r in dw_out), tuple(r[...] for r in ds_out), zeros(chunk, p), zeros(chunk, bv),
-          zeros(chunk))
+  init = (tuple(r[...] for r in dw_out_refs), tuple(r[...] for r in ds_out_refs), zeros(chunk, p),
+          zeros(chunk, bv), zeros(chunk))
   dweights, dstates, *_ = jax.lax.fori_loop(0, n, body, init)
-  for ref, d in zip(dw0 + ds0, dweights + dstates):
+  for ref, d in zip(dw0_refs + ds0_refs, dweights + dstates):
     ref[...] = d
 
 
-def _check(q, k, v, gamma, weights, states, static: _Static):
+def _check(q, k, v, gates, sel, weights, states, static: _Static):
   bh, length, p = q.shape
   value = v.shape[-1]
-  if k.shape != q.shape or v.shape[:2] != (bh, length) or gamma.shape != (bh, length):
-    raise ValueError(f"omega_chunk: expected q, k [BH, T, P], v [BH, T, V], gates [BH, T]; got q {q.shape}, "
-                     f"k {k.shape}, v {v.shape}, gamma {gamma.shape}.")
+  if k.shape != q.shape or v.shape[:2] != (bh, length):
+    raise ValueError(f"omega_chunk: expected q, k [BH, T, P] and v [BH, T, V]; got q {q.shape}, k {k.shape}, "
+                     f"v {v.shape}.")
+  for name, gate in zip(("gamma", "ca", "eta", "ct"), gates):
+    if gate.shape != (bh, length):
+      raise ValueError(f"omega_chunk: {name} has shape {gate.shape}; expected [BH, T] = {(bh, length)}.")
+  if sel.shape != (length,):
+    raise ValueError(f"omega_chunk: sel has shape {sel.shape}; expected [T] = {(length,)}.")
   if length % static.chunk:
     raise ValueError(f"omega_chunk: T={length} must be a multiple of the chunk size C={static.chunk} (pad first).")
   if static.kind not in KINDS:
@@ -315,5 +322,5 @@ def omega_chunk(q, k, v, gamma, ca, eta, ct, sel, weights, states, *, kind: str,
     interpret = jax.default_backend() == "cpu"
   block = block_sizes or BlockSizes.get_default(kind, v.shape[-1], q.shape[-1], q.dtype)
   static = _Static(kind, chunk, window, momentum, bias, block, interpret, debug)
-  _check(q, k, v, gamma, weights, states, static)
+  _check(q, k, v, (gamma, ca, eta, ct), sel, weights, states, static)
   return _omega_chunk((q, k, v, gamma, ca, eta, ct, sel), weights, states, static)

@@ -1,6 +1,6 @@
 """One chunk of the linear Omega-rule memory, forward and hand-derived backward, in kernel-safe jax.numpy.
 
-These functions are the bodies of the Pallas kernels in ``linear.py`` (called per chunk inside the kernels'
+These functions are the bodies of the Pallas kernels in ``kernel.py`` (called per chunk inside the kernels'
 sequential loop) and of the plain-JAX scan in ``reference.py``. They use only 2-D matmuls, elementwise math,
 iotas and axis reductions — no slicing of values, no concatenation, no cumulative sums — so the same code
 lowers to Triton and runs in interpret mode. All math is float32.

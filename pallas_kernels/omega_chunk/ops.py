@@ -23,12 +23,20 @@ from atlas_jax.memory.state import Gates, MemoryState
 from pallas_kernels.omega_chunk.kernel import BlockSizes, omega_chunk
 
 AUTO_KINDS = ("linear",)  # kinds ``auto`` sends to the kernels on GPU
+# ``auto`` keeps a program's float32 state (Φ and S tiles, padded) within this many floats and P within this
+# width; larger states would spill out of registers (not yet measured on a GPU).
+AUTO_MAX_STATE = 32 * 1024
+AUTO_MAX_FEATURES = 256
 
 
 def unsupported_reason(config: MemoryConfig, *, fresh_state: bool, dtype, backend: str | None = None,
-                       automatic: bool = False) -> str | None:
-  """Why the Pallas kernels should not run this call (None when they can). backend defaults to JAX's default;
-  ``automatic`` applies ``auto``'s stricter rule (linear memory only)."""
+                       automatic: bool = False, dims: tuple[int, int, int] | None = None) -> str | None:
+  """Why the Pallas kernels should not run this call (None when they can).
+
+  backend defaults to JAX's default. ``automatic`` applies ``auto``'s stricter rules: the linear memory only,
+  and on GPU a per-program state of at most AUTO_MAX_STATE floats with P ≤ AUTO_MAX_FEATURES, for
+  dims = (P, V, F) (F unused for the linear memory).
+  """
   backend = backend or jax.default_backend()
   if backend == "tpu":
     return "no TPU (Mosaic) variant of the Omega kernels; the xla path runs on TPU"
@@ -45,8 +53,19 @@ def unsupported_reason(config: MemoryConfig, *, fresh_state: bool, dtype, backen
     return "streaming from a stored state (position > 0) runs on the xla path"
   if jnp.dtype(dtype) == jnp.float64:
     return "float64 inputs: the kernels compute in float32"
-  if backend == "gpu" and config.chunk_size < 16:
-    return f"chunk_size C={config.chunk_size} < 16: Triton matmuls need tiles of at least 16"
+  if backend == "gpu":
+    c = config.chunk_size
+    if c < 16 or c & (c - 1):
+      return f"chunk_size C={c}: Triton tiles need a power of two ≥ 16"
+    if automatic and dims is not None:
+      p, v, f = (max(16, _next_power_of_two(d)) for d in dims)
+      if config.kind == "linear":
+        state = 2 * min(v, 64) * p
+      else:
+        state = 2 * (v * f + f * p * (2 if config.kind == "gated_mlp" else 1))
+      if p > AUTO_MAX_FEATURES or state > AUTO_MAX_STATE:
+        return (f"padded P={p} and a per-program state of {state} floats exceed auto's limits (P ≤ "
+                f"{AUTO_MAX_FEATURES}, {AUTO_MAX_STATE} floats); implementation='pallas' still runs it")
   return None
 
 

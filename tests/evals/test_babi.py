@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 
@@ -316,9 +317,14 @@ def test_run_babilong_end_to_end(tmp_path):
   (tmp_path / "real.jsonl").write_text(json.dumps({"input": "Mary moved to the office.", "question":
                                                    "Where is Mary?", "target": "office"}) + "\n")
   answers[babilong.make_prompt("Mary moved to the office.", "Where is Mary?")] = "office"
-  real = babilong.run_babilong(oracle, tok, ["qa1"], ["1k"], n, str(tmp_path / "real"), log=lambda s: None,
+  real = babilong.run_babilong(oracle, tok, ["qa1"], [], n, str(tmp_path / "real"), log=lambda s: None,
                                data_files={("qa1", "1k"): str(tmp_path / "real.jsonl")})
   assert real["label_accuracy"] == {"qa1/1k": 100.0}
+  # A file for one task leaves that length empty for the others; generated lengths run for every task.
+  mixed = babilong.run_babilong(lambda p, k: "", tok, ["qa1", "qa4"], [0], 1, str(tmp_path / "mixed"),
+                                log=lambda s: None, data_files={("qa1", "1k"): str(tmp_path / "real.jsonl")})
+  assert mixed["lengths"] == [0, "1k"] and math.isnan(mixed["label_accuracy"]["qa4/1k"])
+  assert mixed["label_accuracy"]["qa1/1k"] == 0.0 and mixed["label_accuracy"]["qa4/0"] == 0.0
 
   silent = babilong.run_babilong(lambda p, k: "", tok, ["qa1"], [0], n, str(tmp_path / "bad"), log=lambda s: None)
   assert silent["label_accuracy"] == {"qa1/0": 0.0} and silent["exact_match"] == {"qa1/0": 0.0}

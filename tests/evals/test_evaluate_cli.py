@@ -45,6 +45,8 @@ def test_evaluate_writes_per_model_results_and_a_summary(tmp_path):
     (["--evals=perplexity"], "at least one --workdir or --preset"),
     (["--preset=delta", "--evals=bleu"], "unknown --evals"),
     (["--workdir=/nonexistent/run", "--evals=perplexity"], "/nonexistent/run"),
+    (["--preset=delta", "--evals=perplexity,lm_eval"], "needs --lm_eval_tasks"),
+    (["--preset=delta", "--evals=babilong", "--babilong_files=qa1=x.json"], "expected task/length=path"),
 ])
 def test_bad_arguments_fail_with_a_message(tmp_path, args, message):
   proc = _run(*args, f"--out={tmp_path}")

@@ -124,7 +124,7 @@ def test_adapter_request_mapping(tmp_path):
   assert outputs == [full[:full.find(stop)] if stop in full else full, full, lm.generate("Q:", 3)]
   with pytest.raises(NotImplementedError, match="decodes greedily"):
     adapter.generate_until([request("generate_until", "Q:", {"do_sample": True, "until": []})])
-  assert AtlasJaxLM(lm).lm is lm and AtlasJaxLM.from_language_model(lm, max_gen_toks=3).max_gen_toks == 3
+  assert AtlasJaxLM(lm).lm is lm and AtlasJaxLM(lm, max_gen_toks=3).max_gen_toks == 3
   with pytest.raises(ValueError, match=r"the model arguments \['chunk_size'\] would be ignored"):
     AtlasJaxLM(lm, chunk_size=8)
   with pytest.raises(ValueError, match="needs model_args workdir="):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from atlas_jax.evals import mad, mad_runner, mad_tasks
+from atlas_jax.evals import mad, mad_model, mad_runner, mad_tasks
 from atlas_jax.evals.mad import IGNORE, MadSetting
 
 SMALL = dict(num_train=48, num_test=24)
@@ -261,11 +261,11 @@ def test_mad_score_best_run_then_mean():
 
 
 def test_model_config_autoencoder_and_loss():
-  config = mad_runner.mad_model_config("atlas", 16, overrides={"memory": {"chunk_size": 16}})
+  config = mad_model.mad_model_config("atlas", 16, overrides={"memory": {"chunk_size": 16}})
   assert (config.width, config.num_layers, config.vocab_size, config.memory.chunk_size) == (128, 2, 16, 16)
   assert config.memory.muon  # the rest of the preset's memory is kept
-  tiny = mad_runner.mad_model_config("transformer++", 11, size="tiny", overrides=dict(width=16, num_heads=2))
-  model = mad_runner.build_model("compression", tiny)
+  tiny = mad_model.mad_model_config("transformer++", 11, size="tiny", overrides=dict(width=16, num_heads=2))
+  model = mad_model.build_model("compression", tiny)
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 11, (2, 6)), jnp.int32)
   logits, _ = model(tokens)
   assert logits.shape == (2, 6, 11) and bool(jnp.isfinite(logits).all())
@@ -273,7 +273,7 @@ def test_model_config_autoencoder_and_loss():
   assert not jnp.allclose(logits[:, 0], logits[:, 1])  # output positions differ by their sin/cos embedding
   changed = tokens.at[:, 0].set((tokens[:, 0] + 1) % 10)
   assert not jnp.allclose(model(changed)[0], logits)  # the encoding sees the whole sequence
-  pos = mad_runner.sincos_positions(5, 8)
+  pos = mad_model.sincos_positions(5, 8)
   np.testing.assert_allclose(pos[3], np.concatenate([np.sin(3 * 10000.0 ** (-np.arange(4) / 3)),
                                                      np.cos(3 * 10000.0 ** (-np.arange(4) / 3))]), rtol=1e-5)
   logits = jax.random.normal(jax.random.key(0), (2, 3, 5))
@@ -323,10 +323,21 @@ def test_run_mad_reduced_memorization_and_compression(tmp_path):
 def test_one_compilation_serves_every_epoch_and_run():
   setting = MadSetting("in-context-recall", vocab_size=8, seq_len=16, num_train=40, num_test=20)
   data = mad.generate(setting)
-  config = mad_runner.mad_model_config("transformer++", 8, size="tiny", overrides=dict(width=16, num_heads=2))
-  graphdef, params, rest = nnx.split(mad_runner.build_model(setting.task, config), nnx.Param, ...)
+  config = mad_model.mad_model_config("transformer++", 8, size="tiny", overrides=dict(width=16, num_heads=2))
+  graphdef, params, rest = nnx.split(mad_model.build_model(setting.task, config), nnx.Param, ...)
   steps = mad_runner._make_steps(graphdef, mad_runner._optimizer())
-  runs = [mad_runner.train_and_evaluate(steps, params, rest, data, lr=lr, weight_decay=wd, epochs=2, batch_size=16,
+  runs = [mad_runner.train_run(steps, params, rest, data, lr=lr, weight_decay=wd, epochs=2, batch_size=16,
                                         log=lambda line: None) for lr, wd in ((1e-3, 0.0), (5e-4, 0.1))]
   assert [r["epochs"] for r in runs] == [2, 2] and runs[0]["loss"] != runs[1]["loss"]
   assert steps[0]._cache_size() == 1 and steps[1]._cache_size() == 1  # lr and wd are state, not constants
+
+
+def test_weight_decay_reaches_matrices_only():
+  """wd = 0.1 shrinks weight matrices under zero gradients and leaves biases and norm scales alone."""
+  tx = mad_runner._optimizer()
+  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2), "scale": jnp.ones(2)}
+  state = tx.init(params)
+  state.hyperparams["weight_decay"] = jnp.asarray(0.1)
+  updates, _ = tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), state, params)
+  assert float(jnp.max(updates["kernel"])) < 0
+  assert float(jnp.max(jnp.abs(updates["bias"]))) == 0 and float(jnp.max(jnp.abs(updates["scale"]))) == 0

@@ -116,6 +116,12 @@ def test_random_depths_follow_ruler():
   assert len(niah.DEPTHS) == 40 and niah.DEPTHS[0] == 0 and niah.DEPTHS[-1] == 100 and niah.DEPTHS[1] == 3
 
 
+def test_fewer_samples_than_depths_spread_over_all_depths():
+  depths = [s.depth for s in niah.make_niah_samples("niah_single_1", 1024, 10, ByteTokenizer(),
+                                                    depths=niah.DEPTHS)]
+  assert depths == [niah.DEPTHS[4 * i] for i in range(10)] and depths[-1] >= 90
+
+
 def test_determinism_by_seed_and_same_needles_across_lengths():
   a = _samples("niah_single_2", 2048, n=3, seed=7)
   assert a == _samples("niah_single_2", 2048, n=3, seed=7)

@@ -32,3 +32,18 @@ def test_config_loads_locked_and_builds(path):
   model = model_config_from(config)
   assert model.num_layers > 0
   assert model_config_from(module.get_config("titans")).blocks[0] in ("memory", "attention")
+
+
+def test_overrides_re_derive_dependent_fields():
+  """num_layers re-derives the block list and width the memory heads, as get_preset does; memory is nested."""
+  config = _load(os.path.join(ROOT, "experiments", "configs", "paper_170m.py")).get_config()
+  config.unlock()
+  config.model.overrides.num_layers = 3
+  config.model.overrides.width = 256
+  config.model.overrides.memory = {"chunk_size": 16}
+  model = model_config_from(config)
+  assert len(model.blocks) == 3 and model.memory_heads * model.memory_head_dim == 256
+  assert model.memory.chunk_size == 16 and model.memory.muon  # the rest of the preset's memory is kept
+  config.model.overrides.memory = {"chunk_sise": 16}
+  with pytest.raises(ValueError, match="chunk_sise"):
+    model_config_from(config)
