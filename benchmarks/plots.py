@@ -213,6 +213,18 @@ def _groups(table: Table, key: str) -> dict[str, list[int]]:
   return groups
 
 
+def _layer_groups(table: Table) -> dict[str, list[int]]:
+  """Layer-scaling rows per line: the layer, with its memory-op implementation when the table has that column
+  (attention has one implementation and keeps its plain name)."""
+  if "implementation" not in [c.lower() for c in table.columns]:
+    return _groups(table, "layer")
+  groups = collections.OrderedDict()
+  for i, (layer, impl) in enumerate(zip(table.column("layer"), table.column("implementation"))):
+    name = layer if "attention" in layer.lower() else f"{layer} [{impl}]"
+    groups.setdefault(name, []).append(i)
+  return groups
+
+
 def _series(table: Table, rows: list[int], x: str, y: str):
   """(xs, ys) of the given rows, sorted by x; y is None where the cell is not a number."""
   xs, ys = table.numbers(x), table.numbers(y)
@@ -248,7 +260,7 @@ def _loglog(ax, xlabel: str, ylabel: str) -> None:
 def layer_scaling_crossings(section: Section, column: str = "fwd+bwd tok/s") -> dict[str, list[tuple[float, float]]]:
   """layer → points where its `column` line crosses the attention line (layers named '... attention')."""
   table = section.table
-  groups = _groups(table, "layer")
+  groups = _layer_groups(table)
   attention = [name for name in groups if "attention" in name.lower()]
   if not attention:
     return {}
@@ -266,7 +278,7 @@ def layer_scaling_crossings(section: Section, column: str = "fwd+bwd tok/s") -> 
 def crossing_summary(section: Section, column: str = "fwd+bwd tok/s") -> list[str]:
   """One line per memory layer: where its `column` crosses attention's, or which side it stays on."""
   table = section.table
-  groups = _groups(table, "layer")
+  groups = _layer_groups(table)
   attention = next((name for name in groups if "attention" in name.lower()), None)
   if attention is None:
     return []
@@ -288,7 +300,7 @@ def crossing_summary(section: Section, column: str = "fwd+bwd tok/s") -> list[st
 def plot_layer_scaling(section: Section, out_dir: str) -> str:
   """Forward, forward+backward tokens/s and XLA's memory plan vs T, log-log, one line per token mixer."""
   table = section.table
-  groups = _groups(table, "layer")
+  groups = _layer_groups(table)
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
   panels = (("fwd tok/s", "forward tokens/s"), ("fwd+bwd tok/s", "forward+backward tokens/s"))
   for ax, (column, label) in zip(axes, panels):

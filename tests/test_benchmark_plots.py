@@ -174,3 +174,10 @@ def test_committed_results_have_every_section_and_column():
   for kind, columns in needed.items():
     for column in columns:
       latest[kind].table.index(column)
+
+
+def test_layer_lines_split_by_implementation():
+  table = plots.Table(("layer", "implementation", "T", "fwd tok/s"),
+                      (("delta", "reference", "1,024", "10"), ("delta", "xla", "1,024", "40"),
+                       ("softmax attention", "xla", "1,024", "30")), "synthetic")
+  assert list(plots._layer_groups(table)) == ["delta [reference]", "delta [xla]", "softmax attention"]

@@ -46,6 +46,8 @@ class Chunk(NamedTuple):
   gc, gp [C]: γ of the two slot blocks.   eta [C]: η.
   ca, ct [C]: cumulative log α and log θ within the chunk (ca_t = Σ_{j≤t} log α_j).
   sel [C]: 1 at the chunk's last valid row, the row the end state is read at (earlier in a padded last chunk).
+
+  A chunk's cotangents use the same fields (the "p" entries belong to the previous chunk's rows; sel has none).
   """
   q: jax.Array
   kc: jax.Array
@@ -118,19 +120,3 @@ def row(sel, m):
 def at(sel, v):
   """v[l] for v [C] → scalar."""
   return jnp.sum(sel * v)
-
-
-class ChunkGrads(NamedTuple):
-  """Cotangents of one chunk's inputs; the "p" entries belong to the previous chunk's rows."""
-  q: jax.Array
-  kc: jax.Array
-  kp: jax.Array
-  vc: jax.Array
-  vp: jax.Array
-  gc: jax.Array
-  gp: jax.Array
-  ca: jax.Array
-  eta: jax.Array
-  ct: jax.Array
-
-

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pallas_kernels.omega_chunk.chunk_common import Chunk, ChunkGrads, at, coefficients, mm, mm_nt, mm_tn, row
+from pallas_kernels.omega_chunk.chunk_common import Chunk, at, coefficients, mm, mm_nt, mm_tn, row
 
 
 def _errors(x: Chunk, a, bias: str):
@@ -49,7 +49,7 @@ def chunk_forward(x: Chunk, a, s, *, window: int, momentum: bool, bias: str):
 
 
 def chunk_backward(x: Chunk, a, s, dy, dw, ds, *, window: int, momentum: bool, bias: str):
-  """Reverse-mode step of `chunk_forward`: given dY, dΦ_out, dS_out → (ChunkGrads, dA, dS).
+  """Reverse-mode step of `chunk_forward`: given dY, dΦ_out, dS_out → (cotangents as a Chunk, dA, dS).
 
   Derivation (read off the forward formulas; M_b = Λ_b ⊙ Q K_bᵀ, l the selected row):
     dM_b = −dY E_bᵀ,  dΛ_b = dM_b ⊙ Q K_bᵀ (+ row l: −rowdot(E_b dΦ, K_b)),  d(QK_bᵀ) = dM_b ⊙ Λ_b
@@ -121,7 +121,7 @@ def chunk_backward(x: Chunk, a, s, dy, dw, ds, *, window: int, momentum: bool, b
   deta = jnp.sum(d_dah * co.d_alpha, axis=0)
   xa = d_dah * x.eta[None, :] * co.d_alpha
   dca = jnp.sum(xa, axis=1) - jnp.sum(xa, axis=0) + d_alpha_bar * co.alpha_bar
-  grads = ChunkGrads(q=dq, kc=dk_c, kp=dk_p, vc=-de_c, vp=-de_p,
+  grads = Chunk(q=dq, kc=dk_c, kp=dk_p, vc=-de_c, vp=-de_p,
                      gc=jnp.sum(dgam_c * co.band_c, axis=0), gp=jnp.sum(dgam_p * co.band_p, axis=0),
-                     ca=dca, eta=deta, ct=dct)
+                     ca=dca, eta=deta, ct=dct, sel=None)
   return grads, da, ds_in

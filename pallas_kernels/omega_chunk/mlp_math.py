@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax
 
 from atlas_jax.memory.fast_weights import gelu_and_grad, silu_grad
-from pallas_kernels.omega_chunk.chunk_common import Chunk, ChunkGrads, at, coefficients, mm, mm_nt, mm_tn, row
+from pallas_kernels.omega_chunk.chunk_common import Chunk, at, coefficients, mm, mm_nt, mm_tn, row
 
 
 def _factors(kind: str, bias: str, weights, k, v):
@@ -79,7 +79,8 @@ def chunk_forward(x: Chunk, weights, states, *, kind: str, window: int, momentum
 
 
 def chunk_backward(x: Chunk, weights, states, dy, dweights, dstates, **static):
-  """(ChunkGrads, dΦ_in, dS_in) of one chunk: the vjp of `chunk_forward`, recomputed from the saved Φ_in, S_in."""
+  """(cotangents as a Chunk, dΦ_in, dS_in) of one chunk: the vjp of `chunk_forward`, recomputed from the saved
+  Φ_in, S_in."""
   _, pull = jax.vjp(lambda x, w, s: chunk_forward(x, w, s, **static), x, weights, states)
   gx, dw, ds = pull((dy, tuple(dweights), tuple(dstates)))
-  return ChunkGrads(gx.q, gx.kc, gx.kp, gx.vc, gx.vp, gx.gc, gx.gp, gx.ca, gx.eta, gx.ct), dw, ds
+  return gx, dw, ds
