@@ -102,6 +102,9 @@ def _evaluate_model(name: str, kwargs: dict, out: str) -> dict:
     lm = LanguageModel(model, tokenizer, chunk_size=_CHUNK.value)
   lengths = [int(x) for x in _LENGTHS.value]
   for name_eval in _EVALS.value:
+    if name_eval == "mad" and "preset" not in kwargs:
+      print(f"[{name}] mad: skipped (MAD trains presets from scratch; pass --preset)", flush=True)
+      continue
     folder = os.path.join(out, name, name_eval)
     os.makedirs(folder, exist_ok=True)
     start = time.time()
@@ -124,9 +127,6 @@ def _evaluate_model(name: str, kwargs: dict, out: str) -> dict:
       accs = [a for a in result["label_accuracy"].values() if not math.isnan(a)]
       headline["babilong label acc (%)"] = sum(accs) / len(accs) if accs else math.nan
     elif name_eval == "mad":
-      if "preset" not in kwargs:
-        print(f"[{name}] mad: skipped (MAD trains presets from scratch; pass --preset)", flush=True)
-        continue
       from atlas_jax.evals import mad
       from atlas_jax.evals.mad_runner import run_mad
       overrides = {"memory": {"chunk_size": _MAD_CHUNK.value}} if _MAD_CHUNK.value else None
@@ -167,6 +167,8 @@ def main(argv):
   if "lm_eval" in _EVALS.value and not _LM_EVAL_TASKS.value:
     raise app.UsageError("--evals=lm_eval needs --lm_eval_tasks.")
   _babilong_files()  # a malformed entry fails now, not after the other evaluations
+  if not all(x.isdigit() and int(x) > 0 for x in _LENGTHS.value):
+    raise app.UsageError(f"--lengths={','.join(_LENGTHS.value)}: expected positive token counts.")
   os.makedirs(_OUT.value, exist_ok=True)
   summary = {name: _evaluate_model(name, kwargs, _OUT.value) for name, kwargs in _model_specs()}
   print("\n" + write_summary(summary, _OUT.value), flush=True)

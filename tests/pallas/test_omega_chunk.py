@@ -1,7 +1,8 @@
 """The Pallas kernels equal the xla path (outputs, final state, gradients); their backward equals autodiff.
 
-On CPU the kernels run in the Pallas interpreter; on a GPU the same tests run them compiled with Triton (the
-memory op's pallas path compiles there), and ``TestCompiledOnGPU`` adds a realistic shape (skipped without a GPU). Tolerances (max |a − b| / max(1, max |b|)): float32 inputs 2e-4 (both paths compute in float32,
+The sampled cases run the kernels in the Pallas interpreter (on any backend); ``TestCompiledOnGPU`` runs the same
+cases compiled with Triton, plus a realistic shape, and is skipped without a GPU (``benchmarks/gpu_check.sh``
+runs it: ``pytest tests/pallas -m gpu``). Tolerances (max |a − b| / max(1, max |b|)): float32 inputs 2e-4 (both paths compute in float32,
 summing in different orders); bfloat16 inputs 2e-2 on y (one bf16 rounding of the outputs), 2e-4 on the
 float32 state and 1e-2 on gradients (gradients of bf16 inputs are rounded to bf16: ≤ 2 ulps).
 """
@@ -54,13 +55,19 @@ def _inputs(config, length, dtype, seed=0):
   return q.astype(dtype), k.astype(dtype), v.astype(dtype), gates, weights, coeffs
 
 
-def _run(config, implementation, inputs):
-  """(y, state) and the gradients of a scalar touching every output and the final Φ, S and anchor."""
+def _run(config, implementation, inputs, interpret=True):
+  """(y, state) and the gradients of a scalar touching every output and the final Φ, S and anchor.
+
+  implementation "pallas" runs the kernels interpreted or compiled (`interpret`), "xla" the memory op's xla path.
+  """
   argnums = (0, 1, 2, 3, 4) + ((5,) if inputs[5] is not None else ())
 
   def loss(q, k, v, gates, weights, coeffs):
-    y, state = memory_op(q, k, v, gates, weights, config=config, feature_coeffs=coeffs,
-                         implementation=implementation)
+    if implementation == "pallas":
+      y, state = pallas_memory(q, k, v, gates, weights, config, coeffs, interpret=interpret)
+    else:
+      y, state = memory_op(q, k, v, gates, weights, config=config, feature_coeffs=coeffs,
+                           implementation=implementation)
     y32 = y.astype(jnp.float32)
     total = jnp.sum(y32 * jnp.sin(jnp.arange(y.size).reshape(y.shape)))
     for name, w in state.weights.items():
@@ -71,12 +78,12 @@ def _run(config, implementation, inputs):
   return y, state, grads
 
 
-def _check_case(case, seed=0):
+def _check_case(case, seed=0, interpret=True):
   config, length, dtype = case
   tol = TOL[dtype]
   inputs = _inputs(config, length, dtype, seed)
   y_x, s_x, g_x = _run(config, "xla", inputs)
-  y_p, s_p, g_p = _run(config, "pallas", inputs)
+  y_p, s_p, g_p = _run(config, "pallas", inputs, interpret)
   assert y_p.dtype == y_x.dtype == dtype
   assert max_rel_error(y_p.astype(jnp.float32), y_x.astype(jnp.float32)) < tol["y"]
   assert max_rel_error(compared_state(s_p), compared_state(s_x)) < tol["state"]
@@ -234,12 +241,16 @@ def test_kernels_lower_to_triton(kind):
 
 @pytest.mark.gpu
 class TestCompiledOnGPU:
-  """A realistic shape, compiled with Triton: outputs, state and gradients against the xla path."""
+  """The sampled cases and a realistic shape, compiled with Triton, against the xla path."""
+
+  @pytest.mark.parametrize("case", CASES, ids=_id)
+  def test_kernel_equals_xla(self, case):
+    _check_case(case, interpret=False)
 
   def test_realistic_shape(self):
     config = MemoryConfig(kind="linear", window=4, chunk_size=64, momentum=True)
     inputs = memory_inputs(config, batch=2, length=1000, heads=4, key_dim=64, value_dim=64)
-    (y_x, s_x, g_x), (y_p, s_p, g_p) = _run(config, "xla", inputs), _run(config, "pallas", inputs)
+    (y_x, s_x, g_x), (y_p, s_p, g_p) = _run(config, "xla", inputs), _run(config, "pallas", inputs, False)
     # Both paths use float32 matmuls; XLA may use TF32 on the GPU, hence 1e-3.
     assert max_rel_error(y_p, y_x) < 1e-3
     assert max_rel_error(compared_state(s_p), compared_state(s_x)) < 1e-3
