@@ -76,11 +76,7 @@ def _cell(layer, length):
   return out
 
 
-def main(argv):
-  del argv
-  implementations = _IMPLEMENTATIONS.value or (
-      ["reference", "xla"] if jax.default_backend() == "cpu" else ["xla", "pallas"])
-  rows = []
+def _measure_all(rows, implementations):
   for (name, impl), layer in _layers(implementations).items():
     for length in (int(t) for t in _LENGTHS.value):
       if impl == "reference" and length > _MAX_REFERENCE.value:
@@ -90,8 +86,19 @@ def main(argv):
       fmt = lambda s: "skipped (memory)" if s is None else f"{length / s:,.0f}"
       rows.append([name, impl, f"{length:,}", fmt(fwd), fmt(bwd), "—" if plan is None else f"{plan / 2**30:.2f}"])
       print("  " + " | ".join(rows[-1]), flush=True)
+
+
+def main(argv):
+  del argv
+  implementations = _IMPLEMENTATIONS.value or (
+      ["reference", "xla"] if jax.default_backend() == "cpu" else ["xla", "pallas"])
+  rows, note = [], ""
+  try:
+    _measure_all(rows, implementations)
+  except KeyboardInterrupt:  # gpu_check.sh stops a slow run with SIGINT: keep what was measured
+    note = " Interrupted by the time limit: the table holds the cells measured before it."
   body = ("Width 256, batch 1, float32; tokens/s (median of 3 after warm-up, or one call when slower than "
-          f"{_MAX_CALL.value:.0f} s); forward+backward plan is XLA's memory plan.\n\n" +
+          f"{_MAX_CALL.value:.0f} s); forward+backward plan is XLA's memory plan.{note}\n\n" +
           common.markdown_table(["layer", "implementation", "T", "fwd tok/s", "fwd+bwd tok/s", "fwd+bwd plan GiB"],
                                 rows))
   common.report("Layer scaling with T (benchmarks/layer_scaling.py)", body, _WRITE.value)

@@ -144,11 +144,19 @@ def _measure_all(rows, ratios, batch, heads, dim, chunk, peak):
 
 
 def _time(config, impl, args):
-  """(forward s, forward+backward s), or (None, None) with the error printed when the path fails."""
+  """(forward s, forward+backward s), or (None, None) with the error printed when the path fails.
+
+  Compilation is timed apart (ahead of time) and printed: the first GPU run found it the slow part.
+  """
   try:
-    forward, backward = _functions(config, impl)
-    return (common.time_call(forward, *args, repeats=_REPEATS.value),
-            common.time_call(backward, *args, repeats=_REPEATS.value))
+    times = []
+    for fn, label in zip(_functions(config, impl), ("forward", "forward+backward")):
+      start = time.perf_counter()
+      compiled = fn.lower(*args).compile()
+      print(f"{impl} {config.kind} W={config.window} T={args[0].shape[1]}: {label} compiled in "
+            f"{time.perf_counter() - start:.1f} s", flush=True)
+      times.append(common.time_call(compiled, *args, repeats=_REPEATS.value))
+    return tuple(times)
   except Exception as e:  # noqa: BLE001 - report a kernel that does not compile instead of stopping
     print(f"{impl} {config.kind} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
     return None, None

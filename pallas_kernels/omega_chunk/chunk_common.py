@@ -1,4 +1,4 @@
-"""What every Omega kernel shares per chunk: the inputs, full-precision matmuls, and the coefficient matrices.
+"""What every Omega kernel shares per chunk: the inputs, float32 matmuls, and the coefficient matrices.
 
 Kernel-safe jax.numpy only (2-D matmuls, elementwise math, iotas, axis reductions), so it lowers to Triton and
 runs in interpret mode. Notation: CHUNKED.md §C.0–§C.4 and the docstring of ``linear_math``. Slots come in two
@@ -15,17 +15,34 @@ them as log σ of logits); masking happens before the exp, so no overflow reache
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-_HIGHEST = jax.lax.Precision.HIGHEST
+# Every product here needs about float32 accuracy (the coefficient matrices multiply exponentials of log-gate
+# sums, CHUNKED.md §C.4.6). HIGHEST is exact float32 (the interpreter, XLA); compiled Triton kernels use three
+# TF32 tensor-core passes instead (``TRITON_PRECISION``), because Triton lowers exact float32 dots to
+# unrolled FMA code that took over 5 minutes to compile at K = V = 128 on an H200.
+_PRECISION = contextvars.ContextVar("omega_chunk_dot_precision", default=jax.lax.Precision.HIGHEST)
+TRITON_PRECISION = jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3
+
+
+@contextlib.contextmanager
+def dot_precision(precision):
+  """Trace the chunk math's matmuls at ``precision`` (a lax.Precision or DotAlgorithmPreset)."""
+  token = _PRECISION.set(precision)
+  try:
+    yield
+  finally:
+    _PRECISION.reset(token)
 
 
 def mm(a, b):
-  """a @ b in float32 at full precision (no TF32 / bf16 passes)."""
-  return jnp.dot(a, b, precision=_HIGHEST, preferred_element_type=jnp.float32)
+  """a @ b in float32, at the precision set by ``dot_precision`` (default: exact float32)."""
+  return jnp.dot(a, b, precision=_PRECISION.get(), preferred_element_type=jnp.float32)
 
 
 def mm_tn(a, b):

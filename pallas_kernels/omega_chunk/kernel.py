@@ -27,7 +27,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.omega_chunk import linear_math, mlp_math
-from pallas_kernels.omega_chunk.chunk_common import Chunk
+from pallas_kernels.omega_chunk.chunk_common import TRITON_PRECISION, Chunk, dot_precision
 
 KINDS = ("linear", "mlp", "gated_mlp")
 _INPUTS = 8  # q, k, v, gamma, ca, eta, ct, sel
@@ -66,7 +66,20 @@ class _Static:
   def tiled(self) -> bool:
     return self.kind == "linear"
 
+  @property
+  def precision(self):
+    """Matmul precision of the chunk math: exact float32 interpreted, TF32×3 tensor-core passes in Triton."""
+    return jax.lax.Precision.HIGHEST if self.interpret else TRITON_PRECISION
+
   def forward(self, x: Chunk, weights, states):
+    with dot_precision(self.precision):
+      return self._forward(x, weights, states)
+
+  def backward(self, x: Chunk, weights, states, dy, dweights, dstates):
+    with dot_precision(self.precision):
+      return self._backward(x, weights, states, dy, dweights, dstates)
+
+  def _forward(self, x: Chunk, weights, states):
     if self.kind == "linear":
       y, w, s = linear_math.chunk_forward(x, weights[0], states[0], window=self.window, momentum=self.momentum,
                                           bias=self.bias)
@@ -74,7 +87,7 @@ class _Static:
     return mlp_math.chunk_forward(x, weights, states, kind=self.kind, window=self.window, momentum=self.momentum,
                                   bias=self.bias)
 
-  def backward(self, x: Chunk, weights, states, dy, dweights, dstates):
+  def _backward(self, x: Chunk, weights, states, dy, dweights, dstates):
     if self.kind == "linear":
       g, dw, ds = linear_math.chunk_backward(x, weights[0], states[0], dy, dweights[0], dstates[0],
                                              window=self.window, momentum=self.momentum, bias=self.bias)

@@ -1,14 +1,13 @@
 """The memory op's ``pallas`` implementation: prepares the memory op's inputs for the kernels and back.
 
-    unsupported_reason(config, ...) → None, or why the kernels cannot run these inputs (``auto`` then uses xla)
+    unsupported_reason(config, ...) → None, or why the kernels cannot run these inputs
     pallas_memory(q, k, v, gates, init_weights, config, feature_coeffs) → (y [B, T, H, V], MemoryState)
 
 Covered: the ``linear``, ``mlp`` and ``gated_mlp`` memories (identity or polynomial φ, l2 or dot bias, residual
 or not, momentum and retention, any W with W − 1 ≤ C, token granularity, Muon off), from a fresh state
-(position 0), float32 or bfloat16 inputs. ``auto`` picks the kernels on GPU for the linear memory only; the MLP
-kernels (one program per head holding W1, W2 (W3) and their momenta) run when asked for by name until GPU
-timings show them ahead of xla. The kernels are written for Triton (GPU); on CPU they run in the Pallas
-interpreter; on TPU the xla path runs (the Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not
+(position 0), float32 or bfloat16 inputs. They run when asked for by name (``auto`` stays on xla until GPU
+timings show them ahead; the MLP kernels keep W1, W2 (W3) and their momenta in one program per head). The
+kernels are written for Triton (GPU); on CPU they run in the Pallas interpreter; on TPU the xla path runs (the Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not
 hold these whole-sequence blocks; a TPU variant is not written).
 """
 
@@ -22,27 +21,11 @@ from atlas_jax.memory.feature_maps import feature_map
 from atlas_jax.memory.state import Gates, MemoryState
 from pallas_kernels.omega_chunk.kernel import BlockSizes, omega_chunk
 
-AUTO_KINDS = ("linear",)  # kinds ``auto`` sends to the kernels on GPU
-# ``auto`` keeps a program's float32 state (Φ and S tiles, padded) within this many floats and P within this
-# width; larger states would spill out of registers (not yet measured on a GPU).
-AUTO_MAX_STATE = 32 * 1024
-AUTO_MAX_FEATURES = 256
-
-
-def unsupported_reason(config: MemoryConfig, *, fresh_state: bool, dtype, backend: str | None = None,
-                       automatic: bool = False, dims: tuple[int, int, int] | None = None) -> str | None:
-  """Why the Pallas kernels should not run this call (None when they can).
-
-  backend defaults to JAX's default. ``automatic`` applies ``auto``'s stricter rules: the linear memory only,
-  and on GPU a per-program state of at most AUTO_MAX_STATE floats with P ≤ AUTO_MAX_FEATURES, for
-  dims = (P, V, F) (F unused for the linear memory).
-  """
+def unsupported_reason(config: MemoryConfig, *, fresh_state: bool, dtype, backend: str | None = None) -> str | None:
+  """Why the Pallas kernels cannot run this call (None when they can); backend defaults to JAX's default."""
   backend = backend or jax.default_backend()
   if backend == "tpu":
     return "no TPU (Mosaic) variant of the Omega kernels; the xla path runs on TPU"
-  if automatic and config.kind not in AUTO_KINDS:
-    return (f"kind={config.kind!r}: auto uses the kernels for the linear memory only; the MLP kernels run with "
-            "implementation='pallas' (not yet timed against xla on GPU)")
   if config.muon:
     return "muon=True: Newton–Schulz per position is not in the kernels"
   if config.granularity != "token":
@@ -57,15 +40,6 @@ def unsupported_reason(config: MemoryConfig, *, fresh_state: bool, dtype, backen
     c = config.chunk_size
     if c < 16 or c & (c - 1):
       return f"chunk_size C={c}: Triton tiles need a power of two ≥ 16"
-    if automatic and dims is not None:
-      p, v, f = (max(16, _next_power_of_two(d)) for d in dims)
-      if config.kind == "linear":
-        state = 2 * min(v, 64) * p
-      else:
-        state = 2 * (v * f + f * p * (2 if config.kind == "gated_mlp" else 1))
-      if p > AUTO_MAX_FEATURES or state > AUTO_MAX_STATE:
-        return (f"padded P={p} and a per-program state of {state} floats exceed auto's limits (P ≤ "
-                f"{AUTO_MAX_FEATURES}, {AUTO_MAX_STATE} floats); implementation='pallas' still runs it")
   return None
 
 
