@@ -7,8 +7,9 @@ Covered: the ``linear``, ``mlp`` and ``gated_mlp`` memories (identity or polynom
 or not, momentum and retention, any W with W − 1 ≤ C, token granularity, Muon off), from a fresh state
 (position 0), float32 or bfloat16 inputs. They run when asked for by name (``auto`` stays on xla until GPU
 timings show them ahead; the MLP kernels keep W1, W2 (W3) and their momenta in one program per head). The
-kernels are written for Triton (GPU); on CPU they run in the Pallas interpreter; on TPU the xla path runs (the Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not
-hold these whole-sequence blocks; a TPU variant is not written).
+kernels are written for Triton (GPU); on CPU they run in the Pallas interpreter; on TPU the xla path runs (the
+Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not hold these whole-sequence blocks; a TPU
+variant is not written).
 """
 
 from __future__ import annotations
