@@ -1,7 +1,8 @@
 """Times atlas-jax's memory layer at the peer comparison's configuration; prints one JSON line.
 
 Matched to benchmarks/titans_worker.py: width 256, 4 heads of 64, a 2-layer MLP memory with expansion 4, chunk
-64, batch 2, Titans' update rule (W = 1, momentum, retention, identity φ, l2). Peak RSS is the whole process's.
+64, batch 2, Titans' update rule (W = 1, momentum, retention, identity φ, l2). Peak RSS is the whole process's,
+read after the warm-up call (setup, compilation, one call) and after all calls.
 """
 
 import argparse
@@ -36,6 +37,7 @@ def main():
   else:
     fn = jax.jit(jax.grad(lambda params, x: jnp.sum(apply(params, x) ** 2), argnums=(0, 1)))
   jax.block_until_ready(fn(params, x))  # compile + warm-up
+  warm_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   times = []
   for _ in range(args.repeats):
     start = time.perf_counter()
@@ -44,6 +46,7 @@ def main():
   seconds = statistics.median(times)
   print(json.dumps({"seconds": seconds, "tokens_per_s": args.batch * args.length / seconds,
                     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "warm_rss_mib": warm_rss,
                     "jax": jax.__version__}))
 
 

@@ -5,8 +5,11 @@
 
 Matched configuration: width 256, 4 heads of 64, chunk 64, 2-layer MLP memory with expansion 4, batch 2,
 T ∈ {1024, 4096}. Each cell runs in a fresh process (so peak RSS is that cell's): median of --repeats timed calls
-after a warm-up. Forward+backward is the gradient of Σ y² with respect to the input (and, for us, the
-parameters). Semantics differ and are stated in the table: we read the memory at every token (y_t = M(q_t; Φ_t)
+after a warm-up; --trials such processes per cell, run in rounds over the sides, and the table gives the
+medians over trials (this machine's speed drifts by 15–25% over minutes). Peak RSS is read twice: after the
+warm-up call (what one call needs) and after all calls (allocators can grow later: our side at T = 4096 has been
+seen to add a second ~500 MiB set of buffers around the fifth call under tcmalloc). Forward+backward is the
+gradient of Σ y² with respect to the input (and, for us, the parameters). Semantics differ and are stated in the table: we read the memory at every token (y_t = M(q_t; Φ_t)
 after token t's update, gradients anchored per chunk of 64); titans-pytorch reads at chunk granularity and, in
 its default mode (batch_size=None), takes every gradient at the call's initial weights; batch_size=64 re-anchors
 every chunk as Titans and SPEC.md define it.
@@ -14,8 +17,10 @@ every chunk as Titans and SPEC.md define it.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -25,7 +30,8 @@ from benchmarks import common
 
 _TORCH_PYTHON = flags.DEFINE_string("torch_python", None, "python of a venv with torch and titans-pytorch")
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096"], "sequence lengths")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per cell (median)")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per process (median)")
+_TRIALS = flags.DEFINE_integer("trials", 3, "fresh processes per cell, run in rounds across the sides (median)")
 _WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -36,6 +42,12 @@ def _run(cmd: list[str]) -> dict:
   if proc.returncode != 0:
     raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
   return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median_trial(trials: list[dict]) -> dict:
+  """Per key, the median over trials of a cell's numbers (the first trial's value for strings)."""
+  return {key: statistics.median(t[key] for t in trials) if isinstance(trials[0][key], (int, float))
+          else trials[0][key] for key in trials[0]}
 
 
 def main(argv):
@@ -54,15 +66,18 @@ def main(argv):
     print("--torch_python not given: timing atlas-jax only.")
   rows, results = [], {}
   for length in (int(t) for t in _LENGTHS.value):
-    for name, semantics, command in sides:
-      cell = {}
-      for mode in ("fwd", "bwd"):
-        print(f"[peers_cpu] {name} T={length} {mode} ...", flush=True)
-        cell[mode] = _run(command(length, mode))
+    trials = collections.defaultdict(list)
+    for trial in range(_TRIALS.value):  # rounds across sides, so slow drift of the machine hits each side alike
+      for name, _, command in sides:
+        for mode in ("fwd", "bwd"):
+          print(f"[peers_cpu] {name} T={length} {mode} (trial {trial + 1}/{_TRIALS.value}) ...", flush=True)
+          trials[name, mode].append(_run(command(length, mode)))
+    for name, semantics, _ in sides:
+      cell = {mode: _median_trial(trials[name, mode]) for mode in ("fwd", "bwd")}
       results[name, length] = cell
       rows.append([name, semantics, str(length), f"{cell['fwd']['tokens_per_s']:,.0f}",
                    f"{cell['bwd']['tokens_per_s']:,.0f}", f"{cell['fwd']['peak_rss_mib']:,.0f}",
-                   f"{cell['bwd']['peak_rss_mib']:,.0f}"])
+                   f"{cell['bwd']['warm_rss_mib']:,.0f}", f"{cell['bwd']['peak_rss_mib']:,.0f}"])
       print("  " + " | ".join(rows[-1]), flush=True)
   ours = sides[0][0]
   summary = []
@@ -71,13 +86,16 @@ def main(argv):
       a, b = results[ours, length], results[name, length]
       summary.append(
           f"- T={length}, ours vs {name}: {a['fwd']['tokens_per_s'] / b['fwd']['tokens_per_s']:.2f}× (fwd), "
-          f"{a['bwd']['tokens_per_s'] / b['bwd']['tokens_per_s']:.2f}× (fwd+bwd) tokens/s; peak RSS "
-          f"{a['bwd']['peak_rss_mib'] / b['bwd']['peak_rss_mib']:.2f}× theirs (fwd+bwd)")
+          f"{a['bwd']['tokens_per_s'] / b['bwd']['tokens_per_s']:.2f}× (fwd+bwd) tokens/s; fwd+bwd peak RSS "
+          f"{a['bwd']['warm_rss_mib'] / b['bwd']['warm_rss_mib']:.2f}× theirs after one call, "
+          f"{a['bwd']['peak_rss_mib'] / b['bwd']['peak_rss_mib']:.2f}× after all calls")
   versions = [f"torch {results[name, int(_LENGTHS.value[0])]['fwd'].get('torch', '?')}" for name, _, _ in sides[1:2]]
   body = ("Width 256, 4 heads × 64, chunk 64, 2-layer MLP memory (expansion 4), batch 2, float32; each cell a "
-          f"fresh process; medians of {_REPEATS.value} calls after warm-up. {', '.join(versions)}\n\n" +
+          f"fresh process; medians of {_REPEATS.value} calls after warm-up, then medians over {_TRIALS.value} "
+          f"processes per cell run in rounds over the sides. {', '.join(versions)}\n\n" +
           common.markdown_table(["implementation", "semantics", "T", "fwd tok/s", "fwd+bwd tok/s",
-                                 "fwd peak RSS MiB", "fwd+bwd peak RSS MiB"], rows) + "\n\n" + "\n".join(summary))
+                                 "fwd peak RSS MiB", "fwd+bwd peak RSS MiB after 1 call",
+                                 "fwd+bwd peak RSS MiB"], rows) + "\n\n" + "\n".join(summary))
   common.report("Peer comparison on CPU: titans-pytorch (benchmarks/peers_cpu.py)", body, _WRITE.value)
 
 

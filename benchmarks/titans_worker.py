@@ -39,6 +39,7 @@ def main():
       out.square().sum().backward()
 
   run()  # warm-up
+  warm_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   times = []
   for _ in range(args.repeats):
     start = time.perf_counter()
@@ -47,6 +48,7 @@ def main():
   seconds = statistics.median(times)
   print(json.dumps({"seconds": seconds, "tokens_per_s": args.batch * args.length / seconds,
                     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "warm_rss_mib": warm_rss,
                     "torch": torch.__version__, "threads": torch.get_num_threads()}))
 
 
