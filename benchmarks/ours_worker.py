@@ -20,6 +20,18 @@ from atlas_jax.memory_layer import MemoryLayer
 from atlas_jax.presets import get_preset
 
 
+def layer_call(length: int, mode: str, batch: int = 2):
+  """(jitted call, its arguments): the matched layer's forward ("fwd") or the gradient of Σ y² ("bwd")."""
+  config = get_preset("titans", "tiny", width=256, memory_heads=4, memory_head_dim=64, memory_hidden=256,
+                      memory=MemoryConfig(kind="mlp", chunk_size=64, momentum=True))
+  graphdef, params = nnx.split(MemoryLayer(config, rngs=nnx.Rngs(0)))
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, length, 256))
+  apply = lambda params, x: nnx.merge(graphdef, params)(x)[0]
+  if mode == "fwd":
+    return jax.jit(apply), (params, x)
+  return jax.jit(jax.grad(lambda params, x: jnp.sum(apply(params, x) ** 2), argnums=(0, 1))), (params, x)
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--length", type=int, required=True)
@@ -27,21 +39,13 @@ def main():
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--mode", choices=["fwd", "bwd"], required=True)
   args = p.parse_args()
-  config = get_preset("titans", "tiny", width=256, memory_heads=4, memory_head_dim=64, memory_hidden=256,
-                      memory=MemoryConfig(kind="mlp", chunk_size=64, momentum=True))
-  graphdef, params = nnx.split(MemoryLayer(config, rngs=nnx.Rngs(0)))
-  x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, args.length, 256))
-  apply = lambda params, x: nnx.merge(graphdef, params)(x)[0]
-  if args.mode == "fwd":
-    fn = jax.jit(apply)
-  else:
-    fn = jax.jit(jax.grad(lambda params, x: jnp.sum(apply(params, x) ** 2), argnums=(0, 1)))
-  jax.block_until_ready(fn(params, x))  # compile + warm-up
+  fn, call_args = layer_call(args.length, args.mode, args.batch)
+  jax.block_until_ready(fn(*call_args))  # compile + warm-up
   warm_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   times = []
   for _ in range(args.repeats):
     start = time.perf_counter()
-    jax.block_until_ready(fn(params, x))
+    jax.block_until_ready(fn(*call_args))
     times.append(time.perf_counter() - start)
   seconds = statistics.median(times)
   print(json.dumps({"seconds": seconds, "tokens_per_s": args.batch * args.length / seconds,

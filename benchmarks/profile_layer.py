@@ -23,13 +23,8 @@ import time
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
-from flax import nnx
 
-from atlas_jax.memory import MemoryConfig
-from atlas_jax.memory_layer import MemoryLayer
-from atlas_jax.presets import get_preset
-from benchmarks import common
+from benchmarks import common, ours_worker
 
 _LENGTH = flags.DEFINE_integer("length", 4096, "T")
 _MODE = flags.DEFINE_enum("mode", "bwd", ["fwd", "bwd"], "forward only, or forward+backward")
@@ -37,17 +32,6 @@ _TOP = flags.DEFINE_integer("top", 12, "op kinds listed")
 _WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
 
 _RUNTIME_EVENTS = ("ThunkExecutor", "$", "PjitFunction")  # scheduling and Python frames, not ops
-
-
-def _layer_call(length: int, mode: str):
-  config = get_preset("titans", "tiny", width=256, memory_heads=4, memory_head_dim=64, memory_hidden=256,
-                      memory=MemoryConfig(kind="mlp", chunk_size=64, momentum=True))
-  graphdef, params = nnx.split(MemoryLayer(config, rngs=nnx.Rngs(0)))
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, length, 256))
-  apply = lambda params, x: nnx.merge(graphdef, params)(x)[0]
-  if mode == "fwd":
-    return jax.jit(apply), (params, x)
-  return jax.jit(jax.grad(lambda p, x: jnp.sum(apply(p, x) ** 2), argnums=(0, 1))), (params, x)
 
 
 def _op_times(fn, args) -> tuple[float, dict[str, tuple[float, int]]]:
@@ -66,8 +50,6 @@ def _op_times(fn, args) -> tuple[float, dict[str, tuple[float, int]]]:
     name = event.get("name", "")
     if event.get("ph") != "X" or name.startswith(_RUNTIME_EVENTS) or "block_until_ready" in name:
       continue
-    if name in ("trace", "stop_trace", "__exit__"):
-      continue
     ops[name][0] += event.get("dur", 0.0)
     ops[name][1] += 1
   return wall, {name: (us, calls) for name, (us, calls) in ops.items()}
@@ -76,7 +58,7 @@ def _op_times(fn, args) -> tuple[float, dict[str, tuple[float, int]]]:
 def main(argv):
   del argv
   length, mode = _LENGTH.value, _MODE.value
-  fn, args = _layer_call(length, mode)
+  fn, args = ours_worker.layer_call(length, mode)
   plan = common.compiled_peak_bytes(fn, *args)
   wall, ops = _op_times(fn, args)
   steps = length // 64
