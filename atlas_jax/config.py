@@ -9,6 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from atlas_jax.memory.config import MemoryConfig
+from atlas_jax.memory.op import IMPLEMENTATIONS
 
 # Block types (SPEC.md §6): the memory layer, global attention, sliding-window attention, memory-as-gate,
 # memory-as-layer, and the exponential-kernel memory (DeepTransformer, Dot; SPEC.md §4).
@@ -75,7 +76,7 @@ class ModelConfig:
       raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}.")
     if self.dtype not in _DTYPES or self.param_dtype not in _DTYPES:
       raise ValueError(f"dtype={self.dtype!r}, param_dtype={self.param_dtype!r}; expected one of {list(_DTYPES)}.")
-    if self.memory_implementation not in ("auto", "reference", "xla", "pallas"):
+    if self.memory_implementation not in IMPLEMENTATIONS:
       raise ValueError(f"memory_implementation={self.memory_implementation!r}; expected 'auto', 'reference', "
                        "'xla' or 'pallas'.")
     if self.remat not in ("none", "full"):

@@ -105,42 +105,38 @@ def main(argv):
 
 def _measure_all(rows, ratios, batch, heads, dim, chunk, peak):
   """Fill rows (one per implementation and cell) and ratios (xla / pallas per cell), printing as it goes."""
+  sizes = dict(batch=batch, heads=heads)
+
+  def emit(row):
+    rows.append(row)
+    print(" | ".join(row), flush=True)
+
+  def cell(config, label, length, dim, hidden=None):
+    """Time xla and pallas on one (config, T): a row each and their ratio."""
+    shapes = dict(sizes, length=length, key_dim=dim, value_dim=dim, **({"hidden": hidden} if hidden else {}))
+    q, k, v, gates, weights, _ = memory_inputs(config, **shapes)
+    q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    model_flops = flops.memory_flops(config, **shapes)
+    times = {}
+    for impl in ("xla", "pallas"):
+      times[impl] = _time(config, impl, (q, k, v, gates, weights))
+      name = impl if hidden is None else f"{impl} (mlp, K = {dim})"
+      emit(_row(name, config.window, length, batch, *times[impl], model_flops, peak))
+    ratios.append([label, str(length), _ratio(times, 0), _ratio(times, 1)])
+
   for window in map(int, _WINDOWS.value):
     config = MemoryConfig(kind="linear", window=window, chunk_size=chunk, momentum=True)
     for length in map(int, _LENGTHS.value):
-      q, k, v, gates, weights, _ = memory_inputs(config, batch=batch, length=length, heads=heads, key_dim=dim,
-                                                 value_dim=dim)
-      q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
-      model_flops = flops.memory_flops(config, batch=batch, length=length, heads=heads, key_dim=dim,
-                                       value_dim=dim)
-      cell = {}
-      for impl in ("xla", "pallas"):
-        cell[impl] = _time(config, impl, (q, k, v, gates, weights))
-        rows.append(_row(impl, window, length, batch, *cell[impl], model_flops, peak))
-        print(" | ".join(rows[-1]), flush=True)
-      ratios.append([f"linear W={window}", str(length), _ratio(cell, 0), _ratio(cell, 1)])
+      cell(config, f"linear W={window}", length, dim)
       if window == 1:
         fla = _fla_times(batch, length, heads, dim, _REPEATS.value)
         if fla is not None:  # a delta rule: the W = 1 count without momentum
           delta = MemoryConfig(kind="linear", window=1, chunk_size=chunk, momentum=False)
-          delta_flops = flops.memory_flops(delta, batch=batch, length=length, heads=heads, key_dim=dim,
-                                           value_dim=dim)
-          rows.append(_row("fla chunk_gated_delta_rule", 1, length, batch, *fla, delta_flops, peak))
-          print(" | ".join(rows[-1]), flush=True)
+          delta_flops = flops.memory_flops(delta, length=length, key_dim=dim, value_dim=dim, **sizes)
+          emit(_row("fla chunk_gated_delta_rule", 1, length, batch, *fla, delta_flops, peak))
+  mlp = MemoryConfig(kind="mlp", window=1, chunk_size=chunk, momentum=True)
   for length in map(int, filter(None, _MLP_LENGTHS.value)):
-    config = MemoryConfig(kind="mlp", window=1, chunk_size=chunk, momentum=True)
-    mlp_dim = _MLP_DIM.value
-    q, k, v, gates, weights, _ = memory_inputs(config, batch=batch, length=length, heads=heads, key_dim=mlp_dim,
-                                               value_dim=mlp_dim, hidden=2 * mlp_dim)
-    q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
-    cell = {}
-    for impl in ("xla", "pallas"):
-      cell[impl] = _time(config, impl, (q, k, v, gates, weights))
-      mlp_flops = flops.memory_flops(config, batch=batch, length=length, heads=heads, key_dim=mlp_dim,
-                                     value_dim=mlp_dim, hidden=2 * mlp_dim)
-      rows.append(_row(f"{impl} (mlp, K = {mlp_dim})", 1, length, batch, *cell[impl], mlp_flops, peak))
-      print(" | ".join(rows[-1]), flush=True)
-    ratios.append(["mlp W=1", str(length), _ratio(cell, 0), _ratio(cell, 1)])
+    cell(mlp, "mlp W=1", length, _MLP_DIM.value, hidden=2 * _MLP_DIM.value)
 
 
 def _time(config, impl, args):

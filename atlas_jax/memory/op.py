@@ -47,9 +47,12 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
                            "GPU timings show them ahead of xla")
 
 
-def resolve_implementation(implementation: str, config: MemoryConfig, **call) -> str:
-  """The concrete path ``implementation`` stands for (see ``explain_implementation``)."""
-  return explain_implementation(implementation, config, **call)[0]
+def resolve_implementation(implementation: str, config: MemoryConfig) -> str:
+  """The concrete path ``implementation`` stands for: ``auto`` is ``xla`` (``explain_implementation`` says why)."""
+  del config  # part of the signature for when ``auto`` picks per call again
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")
+  return "xla" if implementation == "auto" else implementation
 
 
 def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, feature_coeffs):
@@ -122,14 +125,13 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
   """
   _check_inputs(q, k, v, gates, init_weights, config, feature_coeffs)
   dtype = next(iter(init_weights.values())).dtype if state is None else state.window_k.dtype
-  impl = resolve_implementation(implementation, config, fresh_state=state is None,
-                                dtype=jnp.promote_types(q.dtype, dtype))
+  impl = resolve_implementation(implementation, config)
   batch, length, _, key_dim = q.shape
   if impl == "pallas" and length:
     from pallas_kernels.omega_chunk.ops import pallas_memory, unsupported_reason  # lazy, see above
-    reason = unsupported_reason(config, fresh_state=state is None, dtype=jnp.promote_types(q.dtype, dtype))
-    if reason:
-      raise NotImplementedError(f"implementation='pallas': {reason}.")
+    if state is not None:  # pallas_memory checks everything else
+      raise NotImplementedError("implementation='pallas': "
+                                f"{unsupported_reason(config, fresh_state=False, dtype=dtype)}.")
     return pallas_memory(q, k, v, gates, init_weights, config, feature_coeffs)
   static_position = None
   if state is None:

@@ -41,11 +41,9 @@ class BlockSizes:
   num_stages: int = 1
 
   @classmethod
-  def get_default(cls, kind: str, value_dim: int, feature_dim: int, dtype=jnp.float32) -> "BlockSizes":
+  def get_default(cls, kind: str, value_dim: int, feature_dim: int) -> "BlockSizes":
     """Linear: BV = 64 when it divides V (else V) — two [BV, P] float32 states per program. MLP: BV = V.
-    8 warps once the per-program state exceeds 64K floats. ``dtype`` (the inputs', upcast on load) does not
-    change the tiling today."""
-    del dtype
+    8 warps once the per-program state exceeds 64K floats."""
     value = 64 if kind == "linear" and value_dim % 64 == 0 else value_dim
     state = value * feature_dim if kind == "linear" else 4 * value * feature_dim
     return cls(value=value, num_warps=4 if state <= 64 * 1024 else 8)
@@ -333,7 +331,7 @@ def omega_chunk(q, k, v, gamma, ca, eta, ct, sel, weights, states, *, kind: str,
   weights, states = tuple(weights), tuple(states)
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
-  block = block_sizes or BlockSizes.get_default(kind, v.shape[-1], q.shape[-1], q.dtype)
+  block = block_sizes or BlockSizes.get_default(kind, v.shape[-1], q.shape[-1])
   static = _Static(kind, chunk, window, momentum, bias, block, interpret, debug)
   _check(q, k, v, (gamma, ca, eta, ct), sel, weights, states, static)
   return _omega_chunk((q, k, v, gamma, ca, eta, ct, sel), weights, states, static)

@@ -79,7 +79,8 @@ def pallas_memory(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
   pad_to_power_of_two: pad P, V (and F) to powers of two ≥ 16 with zeros (Triton tiles need it; zero features,
     values and hidden units leave every result unchanged). Default: on when not interpreting.
   """
-  reason = unsupported_reason(config, fresh_state=True, dtype=q.dtype)
+  reason = unsupported_reason(config, fresh_state=True,
+                              dtype=jnp.promote_types(q.dtype, next(iter(init_weights.values())).dtype))
   if reason:
     raise NotImplementedError(f"implementation='pallas': {reason}.")
   if interpret is None:
