@@ -35,7 +35,7 @@ from atlas_jax.evals import babi, plots, prose
 
 LABELS = {
     "qa1": babi.LOCATIONS, "qa2": babi.LOCATIONS, "qa3": babi.LOCATIONS, "qa4": babi.LOCATIONS,
-    "qa5": ("Bill", "Fred", "Jeff", "Mary", "apple", "football", "milk"),
+    "qa5": babi.ACTORS_QA5 + babi.OBJECTS,
 }
 PROMPT_RESERVE = 300
 MAX_NEW_TOKENS = 20

@@ -215,14 +215,14 @@ class LanguageModel:
     if max_new_tokens == 0:
       return
     state = self.start(len(ids) + max_new_tokens)
-    self.feed(state, ids)
+    _, top = self.feed(state, ids)
     for n in range(max_new_tokens):
-      token = int(np.argmax(np.asarray(state.last_logprobs)))
+      token = int(top[-1])  # argmax of log p(· | everything fed)
       if token == self.prefix_id:
         return
       yield token
       if n + 1 < max_new_tokens:
-        self.feed(state, [token])
+        _, top = self.feed(state, [token])
 
   def generate(self, prompt: str, max_new_tokens: int, stop: Sequence[str] = ()) -> str:
     """Greedy continuation of `prompt`, cut before the earliest occurrence of any `stop` string."""
@@ -230,11 +230,11 @@ class LanguageModel:
       stop = [stop]
     stop = [s for s in stop if s]
     out: list[int] = []
-    text = ""
     for token in self.greedy_tokens(self.encode(prompt), max_new_tokens):
       out.append(token)
-      text = self.decode(out)
-      hits = [i for i in (text.find(s) for s in stop) if i >= 0]
-      if hits:
-        return text[:min(hits)]
-    return text
+      if stop:
+        text = self.decode(out)
+        hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+        if hits:
+          return text[:min(hits)]
+    return self.decode(out)

@@ -29,20 +29,16 @@ import numpy as np
 from atlas_jax.evals.lm import LanguageModel
 
 
-def _score_document(lm: LanguageModel, ids, block_tokens: int, progress: Callable[[int, float], None]) -> float:
-  """Σ log p(ids | ⟨sep⟩) of one document, fed in blocks; `progress(tokens_done, sum)` after each block."""
+def _score_document(lm: LanguageModel, ids, block_tokens: int, progress: Callable[[int, float], None]) -> None:
+  """Scores one document fed in blocks: `progress(tokens_done, Σ log p(block | ⟨sep⟩, earlier blocks))` after each."""
   n = len(ids)
   state = lm.start(n + 1)
-  total = 0.0
   previous = lm.prefix_id
   for start in range(0, n, block_tokens):
     block = np.asarray(ids[start:start + block_tokens], np.int64)
     logp, _ = lm.feed(state, np.concatenate([[previous], block[:-1]]), block)
-    block_sum = float(np.sum(logp, dtype=np.float64))
-    total += block_sum
     previous = int(block[-1])
-    progress(len(block), block_sum)
-  return total
+    progress(len(block), float(np.sum(logp, dtype=np.float64)))
 
 
 def perplexity(lm: LanguageModel, text: str | Sequence[str] | None = None, tokens=None, *,
@@ -96,14 +92,16 @@ def perplexity(lm: LanguageModel, text: str | Sequence[str] | None = None, token
       rate = done / max(time.time() - t0, 1e-9)
       log(f"perplexity: {done:,}/{total_tokens:,} tokens, {-logp_sum / done:.4f} nats/token, {rate:,.0f} tokens/s")
 
-  total = sum(_score_document(lm, doc, block_tokens, progress) for doc in documents if len(doc))
-  nats = -total / total_tokens
+  for doc in documents:
+    if len(doc):
+      _score_document(lm, doc, block_tokens, progress)
+  nats = -logp_sum / total_tokens  # progress has summed every block
   result = dict(tokens=total_tokens, nats_per_token=nats, bits_per_token=nats / math.log(2),
                 perplexity=math.exp(min(nats, 700.0)))
   if texts is not None:
     n_bytes = sum(len(doc.encode("utf-8")) for doc in texts)
     result["bytes"] = n_bytes
-    result["bits_per_byte"] = -total / (math.log(2) * n_bytes) if n_bytes else math.nan
+    result["bits_per_byte"] = -logp_sum / (math.log(2) * n_bytes) if n_bytes else math.nan
   return result
 
 
