@@ -10,7 +10,6 @@ Every block is pre-norm: x ← x + mixer(RMSNorm(x)), then x ← x + SwiGLU(RMSN
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from atlas_jax.attention import Attention

@@ -112,3 +112,27 @@ def main() -> None:
 
 if __name__ == "__main__":
   main()
+
+
+def preset_config(preset: str, size: str, overrides) -> ModelConfig:
+  """A preset at a size with field overrides (a mapping or ConfigDict; ``memory`` nested), unknown keys refused.
+
+  Overrides go through ``get_preset``, so derived fields follow them (a new num_layers re-derives the block
+  list, a new width the heads), exactly as ``get_preset(preset, size, **overrides)``.
+  """
+  overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
+  base = get_preset(preset, size)
+  if "memory" in overrides:
+    memory = dict(overrides.pop("memory"))
+    known = {f.name for f in dataclasses.fields(MemoryConfig)}
+    unknown = sorted(set(memory) - known)
+    if unknown:
+      raise ValueError(f"unknown memory override keys: {unknown}.")
+    overrides["memory"] = dataclasses.replace(base.memory, **memory)
+  known = {f.name for f in dataclasses.fields(ModelConfig)}
+  unknown = sorted(set(overrides) - known)
+  if unknown:
+    raise ValueError(f"unknown model override keys: {unknown}.")
+  if "blocks" in overrides:
+    overrides["blocks"] = tuple(overrides["blocks"])
+  return get_preset(preset, size, **overrides)

@@ -19,7 +19,6 @@ tokenizer 257) and ``overrides`` does not set ``vocab_size``, the vocabulary is 
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -29,8 +28,8 @@ from flax import nnx
 
 from atlas_jax.config import ModelConfig
 from atlas_jax.model import AtlasLM
+from atlas_jax.presets import preset_config
 from atlas_jax.training.checkpoint import Checkpointer, check_compatible, param_shapes
-from atlas_jax.training.loop import model_config_from
 from atlas_jax.training.tokenizers import make_tokenizer
 
 
@@ -134,7 +133,7 @@ def load_model(*, workdir: str | None = None, preset: str | None = None, size: s
     if step is not None:
       raise ValueError(f"step={step} needs workdir=; a preset model is randomly initialised.")
     overrides = dict(overrides or {})
-    base = model_config_from(SimpleNamespace(model=SimpleNamespace(preset=preset, size=size, overrides=overrides)))
+    base = preset_config(preset, size, overrides)
     tokenizer = _build_tokenizer(tokenizer, tokenizer_path, base.vocab_size)
     config = base
     if "vocab_size" not in overrides and tokenizer.vocab_size > base.vocab_size:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -19,7 +18,7 @@ from flax import nnx
 from atlas_jax.config import ModelConfig
 from atlas_jax.layers import Dense, RMSNorm
 from atlas_jax.model import AtlasLM, check_tokens
-from atlas_jax.training.loop import model_config_from
+from atlas_jax.presets import preset_config
 
 MAD_WIDTH, MAD_LAYERS = 128, 2
 
@@ -29,7 +28,7 @@ def mad_model_config(preset: str, vocab_size: int, *, size: str = "170m",
   """`preset` at MAD's shape: width 128, 2 blocks, `vocab_size`, plain layers, no remat; `overrides` win."""
   fields = dict(vocab_size=vocab_size, width=MAD_WIDTH, num_layers=MAD_LAYERS, scan_layers=False, remat="none")
   fields.update(overrides or {})  # a nested "memory" dict overrides single memory fields, as in training configs
-  return model_config_from(SimpleNamespace(model=SimpleNamespace(preset=preset, size=size, overrides=fields)))
+  return preset_config(preset, size, fields)
 
 
 def sincos_positions(length: int, dim: int) -> jax.Array:

@@ -6,7 +6,6 @@ step → loop (progress, metrics, periodic evaluation and samples, checkpoints) 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -19,9 +18,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from atlas_jax.config import ModelConfig
-from atlas_jax.memory.config import MemoryConfig
 from atlas_jax.model import AtlasLM
-from atlas_jax.presets import get_preset
+from atlas_jax.presets import preset_config
 from atlas_jax.sampling import generate
 from atlas_jax.sharding import logical_rules
 from atlas_jax.training import data as data_lib
@@ -39,28 +37,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def model_config_from(config) -> ModelConfig:
-  """The ModelConfig of ``config.model``: a preset at a size, with field overrides (``memory`` nested).
-
-  Overrides go through ``get_preset``, so derived fields follow them (a new num_layers re-derives the block
-  list, a new width the heads), exactly as ``get_preset(preset, size, **overrides)``.
-  """
-  overrides = config.model.overrides
-  overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
-  base = get_preset(config.model.preset, config.model.size)
-  if "memory" in overrides:
-    memory = dict(overrides.pop("memory"))
-    known = {f.name for f in dataclasses.fields(MemoryConfig)}
-    unknown = sorted(set(memory) - known)
-    if unknown:
-      raise ValueError(f"unknown memory override keys: {unknown}.")
-    overrides["memory"] = dataclasses.replace(base.memory, **memory)
-  known = {f.name for f in dataclasses.fields(ModelConfig)}
-  unknown = sorted(set(overrides) - known)
-  if unknown:
-    raise ValueError(f"unknown model override keys: {unknown}.")
-  if "blocks" in overrides:
-    overrides["blocks"] = tuple(overrides["blocks"])
-  return get_preset(config.model.preset, config.model.size, **overrides)
+  """The ModelConfig of ``config.model`` (see ``presets.preset_config``)."""
+  return preset_config(config.model.preset, config.model.size, config.model.overrides)
 
 
 def abstract_train_state(model_config: ModelConfig, tx, mesh, rules, seed: int = 0):
