@@ -1,7 +1,7 @@
 """Pallas kernels vs the xla path for the linear Omega memory (and flash-linear-attention when installed), on GPU.
 
     python -m benchmarks.pallas_vs_xla                       # T ∈ {2K, 8K, 32K}, W ∈ {1, 4} → RESULTS.md
-    python -m benchmarks.pallas_vs_xla --lengths=2048 --nowrite
+    python -m benchmarks.pallas_vs_xla --lengths=2048 --dots=tf32x3,tf32 --nowrite
 
 Config: B = 2, H = 16, K = V = 128, bf16 q/k/v, identity φ, l2, C = 64, momentum and retention on (state:
 one K×V matrix per head, the same as a gated delta rule). Then Titans-style mlp memory rows (K = V = 64,
@@ -17,7 +17,9 @@ machine. Run through ``benchmarks/gpu_check.sh``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
 import time
 
 from absl import app, flags
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 
 from atlas_jax.memory import MemoryConfig, memory_op
 from atlas_jax.memory.testing import memory_inputs
+from pallas_kernels.omega_chunk import BlockSizes, pallas_memory
 from benchmarks import common, flops
 
 _LENGTHS = flags.DEFINE_list("lengths", ["2048", "8192", "32768"], "sequence lengths T")
@@ -37,11 +40,13 @@ _CHUNK = flags.DEFINE_integer("chunk", 64, "C")
 _MLP_LENGTHS = flags.DEFINE_list("mlp_lengths", ["2048", "8192"], "T for the mlp memory rows (empty: skip them)")
 _MLP_DIM = flags.DEFINE_integer("mlp_dim", 64, "K = V of the mlp memory rows (F = 2·K)")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per cell (median)")
+_DOTS = flags.DEFINE_list("dots", ["tf32x3"], "the kernels' Triton matmul algorithms (BlockSizes.dot), a row each")
+_COMPILE_THREADS = flags.DEFINE_integer("compile_threads", 8, "functions compiled concurrently before timing")
+_COMPILE_BUDGET = flags.DEFINE_float("compile_budget_s", 600, "time cells still compiling after this long as such")
 _WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
 
 
-def _functions(config: MemoryConfig, implementation: str):
-  run = functools.partial(memory_op, config=config, implementation=implementation)
+def _functions(run):
   forward = jax.jit(lambda q, k, v, g, w: run(q, k, v, g, w))
 
   def loss(q, k, v, g, w):
@@ -89,84 +94,114 @@ def main(argv):
   peak = flops.matmul_rate(8192, jnp.bfloat16, repeats=5) / 1e12
   print(f"bf16 8192³ matmul: {peak:.0f} TFLOP/s", flush=True)
   rows, ratios = [], []
-  note = ""
+  note, pending = "", 0
   try:
-    _measure_all(rows, ratios, batch, heads, dim, chunk, peak)
+    pending = _measure_all(rows, ratios, batch, heads, dim, chunk, peak)
   except KeyboardInterrupt:  # gpu_check.sh stops a slow run with SIGINT: keep what was measured
     note = " Interrupted by the time limit: the table holds the cells measured before it."
   columns = ["implementation", "W", "T", "fwd ms", "fwd tok/s", "fwd TFLOP/s", "fwd % peak", "fwd+bwd ms",
              "fwd+bwd tok/s", "fwd+bwd TFLOP/s", "fwd+bwd % peak"]
   body = (f"B = {batch}, H = {heads}, K = V = {dim}, C = {chunk}, bf16 inputs, linear memory (l2, momentum). "
           f"Measured bf16 matmul peak: {peak:.0f} TFLOP/s.{note}\n\n" + common.markdown_table(columns, rows)
-          + "\n\nxla time / pallas time:\n\n"
-          + common.markdown_table(["memory", "T", "forward", "forward+backward"], ratios))
+          + "\n\nxla time / pallas time, per kernel matmul algorithm (``BlockSizes.dot``):\n\n"
+          + common.markdown_table(["cell", "T", "forward", "forward+backward"], ratios))
   common.report("Pallas kernels vs xla path (linear memory, GPU)", body, _WRITE.value)
+  if note or pending:  # compilations still running cannot be stopped: exit without waiting for them
+    os._exit(130 if note else 0)
 
 
 def _measure_all(rows, ratios, batch, heads, dim, chunk, peak):
-  """Fill rows (one per implementation and cell) and ratios (xla / pallas per cell), printing as it goes."""
+  """Fill rows (one per implementation and cell) and ratios (xla / pallas per cell), printing as it goes; return
+  how many compilations are still running.
+
+  Every cell's functions compile ahead of time on a thread pool (compilation, not running, was the slow part of
+  the first GPU run; XLA compiles without the GIL). Once all have compiled, or ``--compile_budget_s`` has
+  passed, the cells are timed one at a time in order; one still compiling is reported as such.
+  """
   sizes = dict(batch=batch, heads=heads)
+  cells = [(MemoryConfig(kind="linear", window=w, chunk_size=chunk, momentum=True), length, dim, None)
+           for w in map(int, _WINDOWS.value) for length in map(int, _LENGTHS.value)]
+  mlp = MemoryConfig(kind="mlp", window=1, chunk_size=chunk, momentum=True)
+  cells += [(mlp, length, _MLP_DIM.value, 2 * _MLP_DIM.value) for length in map(int, filter(None, _MLP_LENGTHS.value))]
+  impls = ["xla"] + [f"pallas {dot}" for dot in _DOTS.value]
 
   def emit(row):
     rows.append(row)
     print(" | ".join(row), flush=True)
 
-  def cell(config, label, length, dim, hidden=None):
-    """Time xla and pallas on one (config, T): a row each and their ratio."""
-    shapes = dict(sizes, length=length, key_dim=dim, value_dim=dim, **({"hidden": hidden} if hidden else {}))
-    q, k, v, gates, weights, _ = memory_inputs(config, **shapes)
-    q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
-    model_flops = flops.memory_flops(config, **shapes)
-    times = {}
-    for impl in ("xla", "pallas"):
-      times[impl] = _time(config, impl, (q, k, v, gates, weights))
-      name = impl if hidden is None else f"{impl} (mlp, K = {dim})"
-      emit(_row(name, config.window, length, batch, *times[impl], model_flops, peak))
-    ratios.append([label, str(length), _ratio(times, 0), _ratio(times, 1)])
-
-  for window in map(int, _WINDOWS.value):
-    config = MemoryConfig(kind="linear", window=window, chunk_size=chunk, momentum=True)
-    for length in map(int, _LENGTHS.value):
-      cell(config, f"linear W={window}", length, dim)
-      if window == 1:
-        fla = _fla_times(batch, length, heads, dim, _REPEATS.value)
+  pool = concurrent.futures.ThreadPoolExecutor(_COMPILE_THREADS.value)
+  try:
+    jobs = []
+    for config, length, width, hidden in cells:
+      shapes = dict(sizes, length=length, key_dim=width, value_dim=width, **({"hidden": hidden} if hidden else {}))
+      q, k, v, gates, weights, coeffs = memory_inputs(config, **shapes)
+      args = tuple(x.astype(jnp.bfloat16) for x in (q, k, v)) + (gates, weights)
+      jobs.append((config, length, width, hidden, flops.memory_flops(config, **shapes), args,
+                   {impl: pool.submit(_compile, config, impl, args, coeffs) for impl in impls}))
+    futures = [f for job in jobs for f in job[-1].values()]
+    concurrent.futures.wait(futures, timeout=_COMPILE_BUDGET.value)
+    print(f"{sum(f.done() for f in futures)} of {len(futures)} compiled; timing", flush=True)
+    for config, length, width, hidden, model_flops, args, compiled in jobs:
+      times = {impl: _time(compiled[impl], args) for impl in impls}
+      for impl in impls:
+        emit(_row(impl if hidden is None else f"{impl} (mlp, K = {width})", config.window, length, batch,
+                  times[impl], model_flops, peak))
+      label = f"linear W={config.window}" if hidden is None else "mlp W=1"
+      ratios.extend([f"{label}, {impl}", str(length), _ratio(times, impl, 0), _ratio(times, impl, 1)]
+                    for impl in impls[1:])
+      if hidden is None and config.window == 1:
+        fla = _fla_times(batch, length, heads, width, _REPEATS.value)
         if fla is not None:  # a delta rule: the W = 1 count without momentum
           delta = MemoryConfig(kind="linear", window=1, chunk_size=chunk, momentum=False)
-          delta_flops = flops.memory_flops(delta, length=length, key_dim=dim, value_dim=dim, **sizes)
-          emit(_row("fla chunk_gated_delta_rule", 1, length, batch, *fla, delta_flops, peak))
-  mlp = MemoryConfig(kind="mlp", window=1, chunk_size=chunk, momentum=True)
-  for length in map(int, filter(None, _MLP_LENGTHS.value)):
-    cell(mlp, "mlp W=1", length, _MLP_DIM.value, hidden=2 * _MLP_DIM.value)
+          delta_flops = flops.memory_flops(delta, length=length, key_dim=width, value_dim=width, **sizes)
+          emit(_row("fla chunk_gated_delta_rule", 1, length, batch, fla, delta_flops, peak))
+    return sum(not f.done() for f in futures)
+  finally:
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _time(config, impl, args):
-  """(forward s, forward+backward s), or (None, None) with the error printed when the path fails.
-
-  Compilation is timed apart (ahead of time) and printed: the first GPU run found it the slow part.
-  """
+def _compile(config, impl, args, feature_coeffs):
+  """[compiled forward, compiled forward+backward] for one implementation ("xla" or "pallas <dot>"); each
+  compile time printed. An exception (a kernel that does not compile) is returned, not raised."""
   try:
-    times = []
-    for fn, label in zip(_functions(config, impl), ("forward", "forward+backward")):
+    if impl == "xla":
+      run = functools.partial(memory_op, config=config, implementation="xla")
+    else:
+      value, key = args[2].shape[-1], args[0].shape[-1]
+      block = BlockSizes.get_default(config.kind, value, key, dot=impl.split()[1])
+      run = functools.partial(pallas_memory, config=config, feature_coeffs=feature_coeffs,
+                            block_sizes=block)
+    out = []
+    for fn, label in zip(_functions(run), ("forward", "forward+backward")):
       start = time.perf_counter()
-      compiled = fn.lower(*args).compile()
+      out.append(fn.lower(*args).compile())
       print(f"{impl} {config.kind} W={config.window} T={args[0].shape[1]}: {label} compiled in "
             f"{time.perf_counter() - start:.1f} s", flush=True)
-      times.append(common.time_call(compiled, *args, repeats=_REPEATS.value))
-    return tuple(times)
+    return out
   except Exception as e:  # noqa: BLE001 - report a kernel that does not compile instead of stopping
-    print(f"{impl} {config.kind} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
-    return None, None
+    return e
 
 
-def _ratio(cell, i):
-  a, b = cell["xla"][i], cell["pallas"][i]
-  return "failed" if a is None or b is None else f"{a / b:.2f}×"
+def _time(future, args):
+  """(forward s, forward+backward s), or why not: "failed" (the error printed) or "compiling"."""
+  if not future.done():
+    return "compiling"
+  compiled = future.result()
+  if isinstance(compiled, Exception):
+    print(f"failed: {type(compiled).__name__}: {str(compiled)[:300]}", flush=True)
+    return "failed"
+  return tuple(common.time_call(fn, *args, repeats=_REPEATS.value) for fn in compiled)
 
 
-def _row(name, window, length, batch, fwd, bwd, model_flops, peak):
-  tokens = batch * length
-  if fwd is None:
-    return [name, str(window), str(length)] + ["failed"] * 8
+def _ratio(cell, impl, i):
+  a, b = cell["xla"], cell[impl]
+  return next((x for x in (a, b) if isinstance(x, str)), None) or f"{a[i] / b[i]:.2f}×"
+
+
+def _row(name, window, length, batch, times, model_flops, peak):
+  if isinstance(times, str):
+    return [name, str(window), str(length)] + [times] * 8
+  (fwd, bwd), tokens = times, batch * length
   fwd_rate, bwd_rate = model_flops / fwd / 1e12, 3 * model_flops / bwd / 1e12
   return [name, str(window), str(length), f"{fwd * 1e3:.2f}", f"{tokens / fwd:,.0f}", f"{fwd_rate:.1f}",
           f"{100 * fwd_rate / peak:.1f}", f"{bwd * 1e3:.2f}", f"{tokens / bwd:,.0f}", f"{bwd_rate:.1f}",

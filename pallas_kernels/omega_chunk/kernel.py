@@ -27,26 +27,34 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.omega_chunk import linear_math, mlp_math
-from pallas_kernels.omega_chunk.chunk_common import TRITON_PRECISION, Chunk, dot_precision
+from pallas_kernels.omega_chunk.chunk_common import Chunk, dot_precision
 
 KINDS = ("linear", "mlp", "gated_mlp")
 _INPUTS = 8  # q, k, v, gamma, ca, eta, ct, sel
 
+# Triton's float32 dot variants: three TF32 tensor-core passes (about float32 accuracy), one pass (10-bit
+# mantissa inputs), exact IEEE float32 (unrolled FMA code: a 5-minute compile at K = V = 128 on an H200).
+TRITON_DOTS = {"tf32x3": jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3,
+               "tf32": jax.lax.DotAlgorithmPreset.TF32_TF32_F32,
+               "ieee": jax.lax.DotAlgorithmPreset.F32_F32_F32}
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-  """Tiling: ``value`` = BV value rows per program (divides V; linear memory only); Triton launch knobs."""
+  """Tiling: ``value`` = BV value rows per program (divides V; linear memory only); Triton launch knobs;
+  ``dot``: the compiled kernels' matmul algorithm (a ``TRITON_DOTS`` key; the interpreter is always exact)."""
   value: int
   num_warps: int = 4
   num_stages: int = 1
+  dot: str = "tf32x3"
 
   @classmethod
-  def get_default(cls, kind: str, value_dim: int, feature_dim: int) -> "BlockSizes":
+  def get_default(cls, kind: str, value_dim: int, feature_dim: int, dot: str = "tf32x3") -> "BlockSizes":
     """Linear: BV = 64 when it divides V (else V) — two [BV, P] float32 states per program. MLP: BV = V.
     8 warps once the per-program state exceeds 64K floats."""
     value = 64 if kind == "linear" and value_dim % 64 == 0 else value_dim
     state = value * feature_dim if kind == "linear" else 4 * value * feature_dim
-    return cls(value=value, num_warps=4 if state <= 64 * 1024 else 8)
+    return cls(value=value, num_warps=4 if state <= 64 * 1024 else 8, dot=dot)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,8 +74,8 @@ class _Static:
 
   @property
   def precision(self):
-    """Matmul precision of the chunk math: exact float32 interpreted, TF32×3 tensor-core passes in Triton."""
-    return jax.lax.Precision.HIGHEST if self.interpret else TRITON_PRECISION
+    """Matmul precision of the chunk math: exact float32 interpreted, ``block.dot`` in Triton."""
+    return jax.lax.Precision.HIGHEST if self.interpret else TRITON_DOTS[self.block.dot]
 
   def forward(self, x: Chunk, weights, states):
     with dot_precision(self.precision):
@@ -214,6 +222,8 @@ def _check(q, k, v, gates, sel, weights, states, static: _Static):
                      "in the previous chunk).")
   if static.bias not in ("l2", "dot"):
     raise ValueError(f"omega_chunk: bias={static.bias!r}; expected 'l2' or 'dot'.")
+  if static.block.dot not in TRITON_DOTS:
+    raise ValueError(f"omega_chunk: block_sizes.dot={static.block.dot!r}; expected one of {tuple(TRITON_DOTS)}.")
 
 
 def _input_specs(static: _Static, length: int, p: int):

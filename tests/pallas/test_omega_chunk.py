@@ -19,6 +19,7 @@ import pytest
 
 from atlas_jax.memory import MemoryConfig, explain_implementation, memory_op
 from pallas_kernels.omega_chunk import BlockSizes, omega_chunk
+from pallas_kernels.omega_chunk.kernel import TRITON_DOTS
 from pallas_kernels.omega_chunk.ops import pallas_memory, unsupported_reason
 from pallas_kernels.omega_chunk.reference import omega_chunk_reference
 from tests.helpers import compared_state, max_rel_error, memory_inputs
@@ -172,6 +173,8 @@ def test_shape_errors_name_the_argument():
     run(chunk=16)
   with pytest.raises(ValueError, match="block_sizes.value=3"):
     run(block_sizes=BlockSizes(value=3))
+  with pytest.raises(ValueError, match="block_sizes.dot='fp8'"):
+    run(block_sizes=BlockSizes(value=4, dot="fp8"))
   with pytest.raises(ValueError, match="W − 1 ≤ C"):
     run(window=6)
   with pytest.raises(ValueError, match="weights\\[0\\] has shape"):
@@ -249,20 +252,22 @@ def _kernel_dot_precisions(jaxpr, inside=False) -> set[str]:
   return found
 
 
-@pytest.mark.parametrize("kind", ["linear", "gated_mlp"])
-def test_compiled_kernels_use_tensor_core_matmuls(kind):
-  """Compiled kernels trace every matmul (forward, hand backward, in-kernel vjp) as TF32×3; interpreted, exact.
+@pytest.mark.parametrize("kind,dot", [("linear", None), ("gated_mlp", None), ("linear", "tf32")])
+def test_compiled_kernels_use_tensor_core_matmuls(kind, dot):
+  """Compiled kernels trace every matmul (forward, hand backward, in-kernel vjp) at ``BlockSizes.dot`` (TF32×3
+  by default); interpreted, exact.
 
   Exact float32 dots become unrolled FMA code in Triton (a 5-minute compile at K = V = 128 on an H200).
   """
   config = MemoryConfig(kind=kind, chunk_size=16, window=4, momentum=True, residual=False)
   q, k, v, gates, weights, coeffs = memory_inputs(config, length=40, key_dim=4, value_dim=32, hidden=32)
+  block = None if dot is None else BlockSizes(value=32, dot=dot)
 
   def precisions(interpret):
-    loss = lambda *a: jnp.sum(pallas_memory(*a, config, coeffs, interpret=interpret)[0])
+    loss = lambda *a: jnp.sum(pallas_memory(*a, config, coeffs, interpret=interpret, block_sizes=block)[0])
     return _kernel_dot_precisions(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v, gates, weights).jaxpr)
 
-  assert precisions(interpret=False) == {str(jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3)}
+  assert precisions(interpret=False) == {str(TRITON_DOTS[dot or "tf32x3"])}
   assert precisions(interpret=True) == {str((jax.lax.Precision.HIGHEST,) * 2)}
 
 
