@@ -65,6 +65,11 @@ class AtlasLM(nnx.Module):
 
   def __call__(self, tokens: jax.Array, cache=None):
     """tokens [B, T] int → (logits [B, T, vocab] float32, cache or None)."""
+    x, cache = self.hidden(tokens, cache)
+    return self.logits(x), cache
+
+  def hidden(self, tokens: jax.Array, cache=None):
+    """tokens [B, T] int → (the block stack's output [B, T, D] before the final norm, cache or None)."""
     config = self.config
     check_tokens(tokens, config.vocab_size)
     x = jnp.take(self.embed[...], tokens, axis=0).astype(config.jnp_dtype)
@@ -77,16 +82,16 @@ class AtlasLM(nnx.Module):
       def run(block, x, c):
         return call(block, x, c)
 
-      x, cache = run(self.layers, x, cache)
-    else:
-      new_cache = []
-      for i, layer in enumerate(self.layers):
-        x, c = call(layer, x, None if cache is None else cache[i])
-        new_cache.append(c)
-      cache = None if cache is None else new_cache
+      return run(self.layers, x, cache)
+    new_cache = []
+    for i, layer in enumerate(self.layers):
+      x, c = call(layer, x, None if cache is None else cache[i])
+      new_cache.append(c)
+    return x, None if cache is None else new_cache
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    """Hidden states [..., D] → logits [..., vocab] float32: final norm, then the head (or the tied embedding)."""
     h = self.final_norm(x)
     if self.head is None:
-      logits = h.astype(jnp.float32) @ self.embed[...].astype(jnp.float32).T
-    else:
-      logits = self.head(h).astype(jnp.float32)
-    return logits, cache
+      return h.astype(jnp.float32) @ self.embed[...].astype(jnp.float32).T
+    return self.head(h).astype(jnp.float32)

@@ -19,6 +19,7 @@ import os
 from absl import app, flags
 import numpy as np
 
+from atlas_jax.text_files import read_texts
 from atlas_jax.training.tokenizers import make_tokenizer
 
 _INPUT = flags.DEFINE_string("input", None, "glob of .txt / .jsonl files")
@@ -26,19 +27,6 @@ _OUTPUT = flags.DEFINE_string("output", None, "output directory")
 _TOKENIZER = flags.DEFINE_string("tokenizer", "byte", "byte | sentencepiece | huggingface | tiktoken")
 _TOKENIZER_PATH = flags.DEFINE_string("tokenizer_path", "", "tokenizer file")
 _WORKERS = flags.DEFINE_integer("workers", 1, "parallel processes")
-
-
-def _documents(path: str):
-  with open(path, encoding="utf-8") as f:
-    if path.endswith(".jsonl"):
-      for n, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            yield json.loads(line)["text"]
-          except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({e}).") from e
-    else:
-      yield f.read()
 
 
 def shard_path(output: str, path: str) -> str:
@@ -53,7 +41,7 @@ def tokenize_file(args) -> tuple[str, int]:
     return target, int(np.load(target, mmap_mode="r").shape[0])
   tokenizer = make_tokenizer(kind, tokenizer_path, 1 << 31)
   ids: list[int] = []
-  for doc in _documents(path):
+  for doc in read_texts(path):
     ids.extend(tokenizer.encode(doc))
     ids.append(tokenizer.eos_id)
   tmp = target + ".tmp.npy"

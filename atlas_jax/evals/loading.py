@@ -23,7 +23,6 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from atlas_jax.config import ModelConfig
@@ -91,11 +90,10 @@ def _restore(workdir: str, step: int | None, seed: int):
     abstract = nnx.eval_shape(lambda: AtlasLM(config, rngs=nnx.Rngs(seed)))
     graphdef, abstract_params = nnx.split(abstract)
     check_compatible(meta.get("param_shapes", {}), param_shapes(abstract_params), f"checkpoint {directory} step {step}")
-    restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_single_device_target(abstract_params))))
+    params, _ = checkpointer.restore(step, _single_device_target(abstract_params))
   finally:
     checkpointer.close()
-  return nnx.merge(graphdef, restored["params"]), step, meta
+  return nnx.merge(graphdef, params), step, meta
 
 
 def load_model(*, workdir: str | None = None, preset: str | None = None, size: str = "tiny",

@@ -17,7 +17,7 @@ from flax import nnx
 
 from atlas_jax.config import ModelConfig
 from atlas_jax.layers import Dense, RMSNorm
-from atlas_jax.model import AtlasLM, check_tokens
+from atlas_jax.model import AtlasLM
 from atlas_jax.presets import preset_config
 
 MAD_WIDTH, MAD_LAYERS = 128, 2
@@ -59,34 +59,19 @@ class MadAutoEncoder(nnx.Module):
 
   def encode(self, tokens: jax.Array) -> jax.Array:
     """tokens [B, T] → the last position's hidden state [B, D] after the block stack (no final norm)."""
-    lm, config = self.lm, self.lm.config
-    check_tokens(tokens, config.vocab_size)
-    x = jnp.take(lm.embed[...], tokens, axis=0).astype(config.jnp_dtype)
-    if config.scan_layers:
-      @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
-      def run(block, x):
-        return block(x)[0]
-
-      x = run(lm.layers, x)
-    else:
-      for block in lm.layers:
-        x, _ = block(x)
-    return x[:, -1]
+    return self.lm.hidden(tokens)[0][:, -1]
 
   def __call__(self, tokens: jax.Array, cache=None):
     """tokens [B, T] int → (logits [B, T, vocab] float32, None); `cache` must be None (no decoding)."""
     if cache is not None:
       raise ValueError("MadAutoEncoder has no decoding cache; call it with cache=None.")
-    lm, config = self.lm, self.lm.config
+    config = self.lm.config
     h = self.encode(tokens)
     length = tokens.shape[1]
     x = (h[:, None, :].astype(jnp.float32) + sincos_positions(length, config.width)[None]).astype(config.jnp_dtype)
     x = jax.nn.gelu(self.dec_fc1(self.dec_norm1(x)), approximate=False)
     x = jax.nn.gelu(self.dec_fc2(self.dec_norm2(x)), approximate=False)
-    x = lm.final_norm(x)
-    if lm.head is None:
-      return x.astype(jnp.float32) @ lm.embed[...].astype(jnp.float32).T, None
-    return lm.head(x).astype(jnp.float32), None
+    return self.lm.logits(x), None
 
 
 def build_model(task: str, config: ModelConfig, *, seed: int = 0) -> nnx.Module:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from atlas_jax.evals.lm import LanguageModel
+from atlas_jax.text_files import read_texts
 
 
 def _score_document(lm: LanguageModel, ids, block_tokens: int, progress: Callable[[int, float], None]) -> None:
@@ -112,19 +113,9 @@ def read_eval_file(path: str) -> str | list[str] | np.ndarray:
     raise FileNotFoundError(f"evaluation file not found: {path!r}.")
   ext = os.path.splitext(path)[1].lower()
   if ext == ".txt":
-    with open(path, encoding="utf-8") as f:
-      return f.read()
+    return read_texts(path)[0]
   if ext == ".jsonl":
-    docs = []
-    with open(path, encoding="utf-8") as f:
-      for n, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          docs.append(json.loads(line)["text"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-          raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({e}).") from e
-    return docs
+    return read_texts(path)
   if ext == ".npy":
     tokens = np.load(path, mmap_mode="r", allow_pickle=False)
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):

@@ -116,8 +116,9 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
     remat: rematerialise in the backward pass: xla, each scan step (less memory, usually faster on CPU);
       reference, blocks of 4·C tokens (its backward otherwise keeps every token's weights); pallas always
       saves only each chunk's starting Φ and S and recomputes the rest.
-    head_groups: xla only (ignored by the other paths), run this many independent scans over equal groups of heads (a divisor of H), which
-      XLA may execute concurrently; 2 is faster on a 2-core CPU. Does not change the result.
+    head_groups: xla only (ignored by the other paths), run this many independent scans over equal groups of
+      heads (a divisor of H), which XLA may execute concurrently (on the 2-core CPU of BENCHMARKS.md, 2 groups
+      were not faster). Does not change the result.
 
   Returns:
     y [B, T, H, V] in q's dtype (y_t = M(q_t; Φ_t), read after write), and the state after the last token.

@@ -66,7 +66,6 @@ class Checkpointer:
 
     abstract_*: ShapeDtypeStructs with the target shardings (the restore reshards to them).
     """
-    expected = param_shapes(abstract_params)
     for step in reversed(self.steps()):
       where = f"checkpoint {self.directory} step {step}"
       try:
@@ -74,17 +73,23 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001  (any unreadable step is skipped)
         log.warning("%s is unreadable (%s: %s); trying the previous one.", where, type(e).__name__, e)
         continue
-      check_compatible(meta.get("param_shapes", {}), expected, where)
-      items = dict(params=ocp.args.StandardRestore(abstract_params))
-      if abstract_opt_state is not None:
-        items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+      check_compatible(meta.get("param_shapes", {}), param_shapes(abstract_params), where)
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        params, opt_state = self.restore(step, abstract_params, abstract_opt_state)
       except Exception as e:  # noqa: BLE001
         log.warning("%s could not be restored (%s: %s); trying the previous one.", where, type(e).__name__, e)
         continue
-      return step, restored["params"], restored.get("opt_state") if abstract_opt_state is not None else None, meta
+      return step, params, opt_state, meta
     return None
+
+  def restore(self, step: int, abstract_params, abstract_opt_state=None):
+    """(params, opt_state or None) of `step`, restored onto the abstract values' shardings (no shape check:
+    ``check_compatible`` against ``read_meta(step)`` first)."""
+    items = dict(params=ocp.args.StandardRestore(abstract_params))
+    if abstract_opt_state is not None:
+      items["opt_state"] = ocp.args.StandardRestore(abstract_opt_state)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["params"], restored.get("opt_state") if abstract_opt_state is not None else None
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

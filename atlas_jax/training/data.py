@@ -27,6 +27,7 @@ import os
 import grain
 import numpy as np
 
+from atlas_jax.text_files import read_texts
 from atlas_jax.training.tokenizers import make_tokenizer
 
 _DEFAULT_VAL_BOOKS = ("Jude", "Revelation")
@@ -130,22 +131,8 @@ def load_tokens(data_config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, o
     return tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:], tokenizer
   if source == "bible":
     train, val = bible_documents()
-  elif source == "text":
-    docs = []
-    for path in _files(data_config.path):
-      with open(path, encoding="utf-8") as f:
-        docs.append(f.read())
-    train, val = _split(docs, data_config.val_fraction)
-  elif source == "jsonl":
-    docs = []
-    for path in _files(data_config.path):
-      with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-          if line.strip():
-            try:
-              docs.append(json.loads(line)["text"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-              raise ValueError(f"{path}:{n}: expected a JSON object with a 'text' field ({e}).") from e
+  elif source in ("text", "jsonl"):
+    docs = [doc for path in _files(data_config.path) for doc in read_texts(path, jsonl=source == "jsonl")]
     train, val = _split(docs, data_config.val_fraction)
   elif source == "huggingface":
     train, val = _split(huggingface_documents(data_config), data_config.val_fraction)
