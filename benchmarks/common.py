@@ -12,6 +12,8 @@ import time
 
 import jax
 
+from atlas_jax.markdown import markdown_table  # noqa: F401 - the benchmarks' table writer
+
 RESULTS = os.path.join(os.path.dirname(__file__), "RESULTS.md")
 
 
@@ -68,12 +70,6 @@ def header() -> list[str]:
       f"- versions: python {platform.python_version()}, jax {jax.__version__}",
       f"- command: `{' '.join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])}`",
   ]
-
-
-def markdown_table(columns: list[str], rows: list[list[str]]) -> str:
-  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-  lines += ["| " + " | ".join(row) + " |" for row in rows]
-  return "\n".join(lines)
 
 
 def append_results(title: str, body: str) -> None:

@@ -149,10 +149,9 @@ def write_summary(summary: dict[str, dict], out: str) -> str:
   for metrics in summary.values():
     columns += [c for c in metrics if c not in columns]
   fmt = lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
-  lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-  lines += [f"| {name} | " + " | ".join(fmt(metrics.get(c)) for c in columns) + " |"
-            for name, metrics in summary.items()]
-  text = "# Evaluation summary\n\n" + "\n".join(lines) + "\n"
+  from atlas_jax.markdown import markdown_table  # local, as the other atlas_jax imports here
+  rows = [[name] + [fmt(metrics.get(c)) for c in columns] for name, metrics in summary.items()]
+  text = "# Evaluation summary\n\n" + markdown_table(["model"] + columns, rows) + "\n"
   with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
     f.write(text)
   return text

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from atlas_jax.evals import babi, plots, prose
+from atlas_jax.markdown import markdown_table
 
 LABELS = {
     "qa1": babi.LOCATIONS, "qa2": babi.LOCATIONS, "qa3": babi.LOCATIONS, "qa4": babi.LOCATIONS,
@@ -320,10 +321,8 @@ def _write(summary: dict, records: list[dict], out_dir: str) -> None:
            f"{summary['max_new_tokens']} new tokens.", ""]
   for title, table in (("Label-set accuracy (BABILong metric), %", summary["label_accuracy"]),
                        ("Exact match, %", summary["exact_match"])):
-    lines += [f"## {title}", "", "| task \\ length | " + " | ".join(str(L) for L in lengths) + " |",
-              "|---|" + "---|" * len(lengths)]
-    lines += [f"| {t} | " + " | ".join(fmt(table[f"{t}/{L}"]) for L in lengths) + " |" for t in tasks]
-    lines.append("")
+    rows = [[t] + [fmt(table[f"{t}/{L}"]) for L in lengths] for t in tasks]
+    lines += [f"## {title}", "", markdown_table(["task \\ length"] + lengths, rows), ""]
   with open(base + ".md", "w", encoding="utf-8") as f:
     f.write("\n".join(lines))
   plots.save_line_plot(lengths, {t: [summary["label_accuracy"][f"{t}/{L}"] for L in lengths] for t in tasks},

@@ -26,6 +26,7 @@ import logging
 
 from atlas_jax.evals.lm import LanguageModel
 from atlas_jax.evals.loading import load_model
+from atlas_jax.markdown import markdown_table
 
 try:
   from lm_eval.api.model import LM
@@ -150,12 +151,12 @@ def run_lm_eval(lm: LanguageModel, tasks, out_dir: str, *, include_path: str | N
   with open(os.path.join(out_dir, "lm_eval.json"), "w", encoding="utf-8") as f:
     json.dump(metrics, f, indent=1, default=str)
   headline = {}
-  lines = ["# lm-evaluation-harness", "", "| task | metric | value |", "|---|---|---|"]
+  rows = []
   for task, values in metrics.items():
     for metric, value in values.items():
       if isinstance(value, (int, float)) and "stderr" not in metric:
-        lines.append(f"| {task} | {metric} | {value:.4g} |")
+        rows.append([task, metric, f"{value:.4g}"])
         headline[f"{task} {metric.split(',')[0]}"] = float(value)
   with open(os.path.join(out_dir, "lm_eval.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
+    f.write("# lm-evaluation-harness\n\n" + markdown_table(["task", "metric", "value"], rows) + "\n")
   return headline

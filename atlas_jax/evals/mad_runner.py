@@ -47,6 +47,7 @@ from flax import nnx
 from atlas_jax.evals import mad
 from atlas_jax.evals.mad import IGNORE, MadSetting
 from atlas_jax.evals.mad_model import MAD_WIDTH, build_model, mad_model_config
+from atlas_jax.markdown import markdown_table
 from atlas_jax.training.optim import decay_mask
 
 MIN_LR = 1e-6  # end of the cosine schedule
@@ -245,16 +246,17 @@ def results_markdown(results: Mapping[str, Any]) -> str:
            f"model size family {results['size']!r}, overrides {results['overrides']}, seed {results['seed']}. "
            "Accuracy = macro accuracy on the test split (MAD's metric), best run per setting.", ""]
   for task, entry in results["tasks"].items():
-    lines += [f"## {task}", "", "| setting | accuracy | micro | chance | best lr | best wd | epochs |",
-              "|---|---|---|---|---|---|---|"]
+    rows = []
     for s in entry["settings"]:
       best = max(s["runs"], key=lambda r: r["macro"])
-      lines.append(f"| {s['label']} | {s['best_macro']:.4f} | {s['best_micro']:.4f} | {s['chance']:.4f} | "
-                   f"{best['lr']:g} | {best['weight_decay']:g} | {best['epochs']} |")
-    lines += [f"| **MAD score** | **{entry['score']:.4f}** | | | | | |", ""]
-  lines += ["## Summary", "", "| task | MAD score |", "|---|---|"]
-  lines += [f"| {task} | {entry['score']:.4f} |" for task, entry in results["tasks"].items()]
-  lines += [f"| **mean** | **{results['mean_score']:.4f}** |", ""]
+      rows.append([s["label"], f"{s['best_macro']:.4f}", f"{s['best_micro']:.4f}", f"{s['chance']:.4f}",
+                   f"{best['lr']:g}", f"{best['weight_decay']:g}", best["epochs"]])
+    rows.append(["**MAD score**", f"**{entry['score']:.4f}**"] + [""] * 5)
+    lines += [f"## {task}", "", markdown_table(["setting", "accuracy", "micro", "chance", "best lr", "best wd",
+                                                "epochs"], rows), ""]
+  rows = [[task, f"{entry['score']:.4f}"] for task, entry in results["tasks"].items()]
+  rows.append(["**mean**", f"**{results['mean_score']:.4f}**"])
+  lines += ["## Summary", "", markdown_table(["task", "MAD score"], rows), ""]
   return "\n".join(lines)
 
 

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from atlas_jax.evals import plots, prose
+from atlas_jax.markdown import markdown_table
 
 NEEDLE = "One of the special magic {type_needle_v} for {key} is: {value}."
 TEMPLATE = ("Some special magic {type_needle_v} are hidden within the following text. Make sure to memorize it. "
@@ -397,11 +398,10 @@ def _write(spec: NiahTask, summary: dict, records, out_dir: str) -> None:
            f"Haystack: {summary['haystack']}."]
   if summary["substitution"]:
     lines.append(summary["substitution"])
-  lines += ["", "| depth % \\ length | " + " | ".join(str(L) for L in lengths) + " |",
-            "|---|" + "---|" * len(lengths)]
-  for depth, row in zip(summary["depths"], summary["score_by_depth_and_length"]):
-    lines.append(f"| {depth:g} | " + " | ".join(_fmt(x) for x in row) + " |")
-  lines.append("| **all** | " + " | ".join(_fmt(summary["score_by_length"][str(L)]) for L in lengths) + " |")
+  rows = [[f"{depth:g}"] + [_fmt(x) for x in row]
+          for depth, row in zip(summary["depths"], summary["score_by_depth_and_length"])]
+  rows.append(["**all**"] + [_fmt(summary["score_by_length"][str(L)]) for L in lengths])
+  lines += ["", markdown_table(["depth % \\ length"] + lengths, rows)]
   lines += ["", f"Overall: {_fmt(summary['score'])}", ""]
   with open(base + ".md", "w", encoding="utf-8") as f:
     f.write("\n".join(lines))

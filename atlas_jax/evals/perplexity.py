@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from atlas_jax.evals.lm import LanguageModel
+from atlas_jax.markdown import markdown_table
 from atlas_jax.text_files import read_texts
 
 
@@ -146,7 +147,7 @@ def run_perplexity(lm: LanguageModel, out_dir: str, *, path: str | None = None, 
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "perplexity.json"), "w", encoding="utf-8") as f:
     json.dump(result, f, indent=1)
-  rows = [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in result.items()]
+  rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in result.items()]
   with open(os.path.join(out_dir, "perplexity.md"), "w", encoding="utf-8") as f:
-    f.write("# Perplexity\n\n| metric | value |\n|---|---|\n" + "\n".join(rows) + "\n")
+    f.write("# Perplexity\n\n" + markdown_table(["metric", "value"], rows) + "\n")
   return result
