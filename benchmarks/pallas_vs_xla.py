@@ -18,6 +18,7 @@ machine. Run through ``benchmarks/gpu_check.sh``.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import functools
 import os
 import time
@@ -41,6 +42,9 @@ _MLP_LENGTHS = flags.DEFINE_list("mlp_lengths", ["2048", "8192"], "T for the mlp
 _MLP_DIM = flags.DEFINE_integer("mlp_dim", 64, "K = V of the mlp memory rows (F = 2·K)")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per cell (median)")
 _DOTS = flags.DEFINE_list("dots", ["tf32x3"], "the kernels' Triton matmul algorithms (BlockSizes.dot), a row each")
+_VALUE_BLOCKS = flags.DEFINE_list("value_blocks", [], "linear memory: value rows per program (BlockSizes.value), a row "
+                                  "each (default: BlockSizes.get_default's)")
+_FLA = flags.DEFINE_boolean("fla", True, "add flash-linear-attention's rows when it is importable")
 _COMPILE_THREADS = flags.DEFINE_integer("compile_threads", 8, "functions compiled concurrently before timing")
 _COMPILE_BUDGET = flags.DEFINE_float("compile_budget_s", 600, "time cells still compiling after this long as such")
 _WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
@@ -123,7 +127,9 @@ def _measure_all(rows, ratios, batch, heads, dim, chunk, peak):
            for w in map(int, _WINDOWS.value) for length in map(int, _LENGTHS.value)]
   mlp = MemoryConfig(kind="mlp", window=1, chunk_size=chunk, momentum=True)
   cells += [(mlp, length, _MLP_DIM.value, 2 * _MLP_DIM.value) for length in map(int, filter(None, _MLP_LENGTHS.value))]
-  impls = ["xla"] + [f"pallas {dot}" for dot in _DOTS.value]
+  def implementations(kind):  # xla, then the kernels per dot algorithm (and value block: linear only)
+    blocks = (_VALUE_BLOCKS.value or [None]) if kind == "linear" else [None]
+    return ["xla"] + [f"pallas {dot}" + (f" BV={bv}" if bv else "") for dot in _DOTS.value for bv in blocks]
 
   def emit(row):
     rows.append(row)
@@ -137,11 +143,12 @@ def _measure_all(rows, ratios, batch, heads, dim, chunk, peak):
       q, k, v, gates, weights, coeffs = memory_inputs(config, **shapes)
       args = tuple(x.astype(jnp.bfloat16) for x in (q, k, v)) + (gates, weights)
       jobs.append((config, length, width, hidden, flops.memory_flops(config, **shapes), args,
-                   {impl: pool.submit(_compile, config, impl, args, coeffs) for impl in impls}))
+                   {impl: pool.submit(_compile, config, impl, args, coeffs) for impl in implementations(config.kind)}))
     futures = [f for job in jobs for f in job[-1].values()]
     concurrent.futures.wait(futures, timeout=_COMPILE_BUDGET.value)
     print(f"{sum(f.done() for f in futures)} of {len(futures)} compiled; timing", flush=True)
     for config, length, width, hidden, model_flops, args, compiled in jobs:
+      impls = list(compiled)
       times = {impl: _time(compiled[impl], args) for impl in impls}
       for impl in impls:
         emit(_row(impl if hidden is None else f"{impl} (mlp, K = {width})", config.window, length, batch,
@@ -149,7 +156,7 @@ def _measure_all(rows, ratios, batch, heads, dim, chunk, peak):
       label = f"linear W={config.window}" if hidden is None else "mlp W=1"
       ratios.extend([f"{label}, {impl}", str(length), _ratio(times, impl, 0), _ratio(times, impl, 1)]
                     for impl in impls[1:])
-      if hidden is None and config.window == 1:
+      if _FLA.value and hidden is None and config.window == 1:
         fla = _fla_times(batch, length, heads, width, _REPEATS.value)
         if fla is not None:  # a delta rule: the W = 1 count without momentum
           delta = MemoryConfig(kind="linear", window=1, chunk_size=chunk, momentum=False)
@@ -168,7 +175,10 @@ def _compile(config, impl, args, feature_coeffs):
       run = functools.partial(memory_op, config=config, implementation="xla")
     else:
       value, key = args[2].shape[-1], args[0].shape[-1]
-      block = BlockSizes.get_default(config.kind, value, key, dot=impl.split()[1])
+      _, dot, *bv = impl.split()
+      block = BlockSizes.get_default(config.kind, value, key, dot=dot)
+      if bv:
+        block = dataclasses.replace(block, value=int(bv[0].removeprefix("BV=")))
       run = functools.partial(pallas_memory, config=config, feature_coeffs=feature_coeffs,
                             block_sizes=block)
     out = []

@@ -56,16 +56,18 @@ def _inputs(config, length, dtype, seed=0):
   return q.astype(dtype), k.astype(dtype), v.astype(dtype), gates, weights, coeffs
 
 
-def _run(config, implementation, inputs, interpret=True):
+def _run(config, implementation, inputs, interpret=True, block_sizes=None):
   """(y, state) and the gradients of a scalar touching every output and the final Φ, S and anchor.
 
-  implementation "pallas" runs the kernels interpreted or compiled (`interpret`), "xla" the memory op's xla path.
+  implementation "pallas" runs the kernels interpreted or compiled (`interpret`; `block_sizes` as
+  ``pallas_memory``'s), "xla" the memory op's xla path.
   """
   argnums = (0, 1, 2, 3, 4) + ((5,) if inputs[5] is not None else ())
 
   def loss(q, k, v, gates, weights, coeffs):
     if implementation == "pallas":
-      y, state = pallas_memory(q, k, v, gates, weights, config, coeffs, interpret=interpret)
+      y, state = pallas_memory(q, k, v, gates, weights, config, coeffs, interpret=interpret,
+                               block_sizes=block_sizes)
     else:
       y, state = memory_op(q, k, v, gates, weights, config=config, feature_coeffs=coeffs,
                            implementation=implementation)
