@@ -20,7 +20,7 @@ from pallas_kernels.omega_chunk import BlockSizes
 from tests.helpers import compared_state, max_rel_error
 from tests.pallas.test_omega_chunk import CASES, TOL, _id, _inputs, _run
 
-_DOTS = flags.DEFINE_list("dots", ["ieee", "tf32x3"], "BlockSizes.dot values")
+_DOTS = flags.DEFINE_list("dots", ["ieee", "tf32", "tf32x3"], "BlockSizes.dot values")
 _CASES = flags.DEFINE_list("cases", [], "test ids (default: every sampled case)")
 
 

@@ -1,7 +1,7 @@
 """Pallas kernels vs the xla path for the linear Omega memory (and flash-linear-attention when installed), on GPU.
 
     python -m benchmarks.pallas_vs_xla                       # T ∈ {2K, 8K, 32K}, W ∈ {1, 4} → RESULTS.md
-    python -m benchmarks.pallas_vs_xla --lengths=2048 --dots=tf32x3,tf32 --nowrite
+    python -m benchmarks.pallas_vs_xla --lengths=2048 --dots=tf32,tf32x3 --value_blocks=16,8 --nowrite
 
 Config: B = 2, H = 16, K = V = 128, bf16 q/k/v, identity φ, l2, C = 64, momentum and retention on (state:
 one K×V matrix per head, the same as a gated delta rule). Then Titans-style mlp memory rows (K = V = 64,
@@ -41,7 +41,7 @@ _CHUNK = flags.DEFINE_integer("chunk", 64, "C")
 _MLP_LENGTHS = flags.DEFINE_list("mlp_lengths", ["2048", "8192"], "T for the mlp memory rows (empty: skip them)")
 _MLP_DIM = flags.DEFINE_integer("mlp_dim", 64, "K = V of the mlp memory rows (F = 2·K)")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per cell (median)")
-_DOTS = flags.DEFINE_list("dots", ["tf32x3"], "the kernels' Triton matmul algorithms (BlockSizes.dot), a row each")
+_DOTS = flags.DEFINE_list("dots", ["tf32"], "the kernels' Triton matmul algorithms (BlockSizes.dot), a row each")
 _VALUE_BLOCKS = flags.DEFINE_list("value_blocks", [], "linear memory: value rows per program (BlockSizes.value), a row "
                                   "each (default: BlockSizes.get_default's)")
 _FLA = flags.DEFINE_boolean("fla", True, "add flash-linear-attention's rows when it is importable")

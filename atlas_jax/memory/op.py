@@ -4,7 +4,7 @@
 
 ``implementation`` selects the path: ``reference`` (per-token scan, the definition), ``xla`` (chunk-parallel
 dual form), ``pallas`` (the kernels of ``pallas_kernels.omega_chunk``; in the interpreter on CPU), or ``auto``:
-``xla`` for now (the kernels are opt-in until GPU timings put them ahead; ``explain_implementation`` says
+``xla`` (the kernels are opt-in: on an H200 they are still slower than xla; ``explain_implementation`` says
 whether they would cover a call).
 Model code calls only this.
 """
@@ -30,9 +30,10 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
                            dtype=jnp.float32, backend: str | None = None) -> tuple[str, str]:
   """(the concrete path, why): what ``implementation`` resolves to for this call, with the reason.
 
-  ``auto`` resolves to ``xla`` on every backend; the reason says whether ``pallas`` would cover the call. The
-  first GPU run (H200, 2026-11-26) found the compiled kernels correct but their compile far too slow at
-  K = V = 128 (over 5 minutes, since changed); ``auto`` will pick them once a GPU run times them ahead of xla.
+  ``auto`` resolves to ``xla`` on every backend; the reason says whether ``pallas`` would cover the call. On an
+  H200 (2026-11-26, BENCHMARKS.md) the compiled linear kernels ran at 0.5–0.7× the xla path's speed forward and
+  0.4–0.5× forward+backward (K = V = 128, C = 64), and the mlp kernels did not fit the GPU's shared memory at
+  K = 64, F = 128; ``auto`` will pick the kernels once a GPU run times them ahead of xla.
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")
@@ -43,8 +44,8 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
     return "xla", "on CPU the Pallas kernels run only in the (slow) interpreter"
   from pallas_kernels.omega_chunk.ops import unsupported_reason  # lazy: keeps Pallas out of plain imports
   reason = unsupported_reason(config, fresh_state=fresh_state, dtype=dtype, backend=backend)
-  return "xla", reason or ("the Pallas kernels cover this call but are opt-in (implementation='pallas') until "
-                           "GPU timings show them ahead of xla")
+  return "xla", reason or ("the Pallas kernels cover this call but are opt-in (implementation='pallas'): on an "
+                           "H200 they ran slower than xla (BENCHMARKS.md)")
 
 
 def resolve_implementation(implementation: str, config: MemoryConfig) -> str:

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 # Every product here needs about float32 accuracy (the coefficient matrices multiply exponentials of log-gate
-# sums, CHUNKED.md §C.4.6). HIGHEST is exact float32 (the interpreter, XLA); compiled Triton kernels use three
-# TF32 tensor-core passes by default instead (``kernel.TRITON_DOTS``), because Triton lowers exact float32 dots
+# sums, CHUNKED.md §C.4.6). HIGHEST is exact float32 (the interpreter, XLA); compiled Triton kernels use a
+# TF32 tensor-core pass by default instead (``kernel.TRITON_DOTS``), because Triton lowers exact float32 dots
 # to unrolled FMA code that took over 5 minutes to compile at K = V = 128 on an H200.
 _PRECISION = contextvars.ContextVar("omega_chunk_dot_precision", default=jax.lax.Precision.HIGHEST)
 

@@ -32,10 +32,14 @@ from pallas_kernels.omega_chunk.chunk_common import Chunk, dot_precision
 KINDS = ("linear", "mlp", "gated_mlp")
 _INPUTS = 8  # q, k, v, gamma, ca, eta, ct, sel
 
-# Triton's float32 dot variants: three TF32 tensor-core passes (about float32 accuracy), one pass (10-bit
-# mantissa inputs), exact IEEE float32 (unrolled FMA code: a 5-minute compile at K = V = 128 on an H200).
-TRITON_DOTS = {"tf32x3": jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3,
-               "tf32": jax.lax.DotAlgorithmPreset.TF32_TF32_F32,
+# Triton's float32 dot variants (H200 measurements: BENCHMARKS.md, GPU):
+#   tf32    one TF32 tensor-core pass (10-bit mantissa products; the precision XLA uses for float32 matmuls on
+#           GPU by default). Errors ~1e-4 relative to exact float32 on the tests' sampled cases.
+#   tf32x3  three TF32 passes. Needs more shared memory (no linear tiling fitted at K = V = 128, C = 64), and
+#           was *less* accurate than tf32 on one bfloat16 mlp case (gradients off by 2–5e-2); not the default.
+#   ieee    exact float32: unrolled FMA code, a 5-minute compile at K = V = 128 (fine at small sizes).
+TRITON_DOTS = {"tf32": jax.lax.DotAlgorithmPreset.TF32_TF32_F32,
+               "tf32x3": jax.lax.DotAlgorithmPreset.TF32_TF32_F32_X3,
                "ieee": jax.lax.DotAlgorithmPreset.F32_F32_F32}
 
 
@@ -46,13 +50,14 @@ class BlockSizes:
   value: int
   num_warps: int = 4
   num_stages: int = 1
-  dot: str = "tf32x3"
+  dot: str = "tf32"
 
   @classmethod
-  def get_default(cls, kind: str, value_dim: int, feature_dim: int, dot: str = "tf32x3") -> "BlockSizes":
-    """Linear: BV = 64 when it divides V (else V) — two [BV, P] float32 states per program. MLP: BV = V.
-    8 warps once the per-program state exceeds 64K floats."""
-    value = 64 if kind == "linear" and value_dim % 64 == 0 else value_dim
+  def get_default(cls, kind: str, value_dim: int, feature_dim: int, dot: str = "tf32") -> "BlockSizes":
+    """Linear: BV = 16 when it divides V (else V): at K = V = 128, C = 64 the kernels' shared memory fits an
+    H200's 227 KiB with BV = 16 and not with 32 (most of it holds [C, P] and [C, C] tiles, not the [BV, P]
+    state). MLP: BV = V. 8 warps once the per-program state exceeds 64K floats."""
+    value = 16 if kind == "linear" and value_dim % 16 == 0 else value_dim
     state = value * feature_dim if kind == "linear" else 4 * value * feature_dim
     return cls(value=value, num_warps=4 if state <= 64 * 1024 else 8, dot=dot)
 

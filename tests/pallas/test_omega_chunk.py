@@ -81,12 +81,12 @@ def _run(config, implementation, inputs, interpret=True, block_sizes=None):
   return y, state, grads
 
 
-def _check_case(case, seed=0, interpret=True):
+def _check_case(case, seed=0, interpret=True, block_sizes=None):
   config, length, dtype = case
   tol = TOL[dtype]
   inputs = _inputs(config, length, dtype, seed)
   y_x, s_x, g_x = _run(config, "xla", inputs)
-  y_p, s_p, g_p = _run(config, "pallas", inputs, interpret)
+  y_p, s_p, g_p = _run(config, "pallas", inputs, interpret, block_sizes)
   assert y_p.dtype == y_x.dtype == dtype
   assert max_rel_error(y_p.astype(jnp.float32), y_x.astype(jnp.float32)) < tol["y"]
   assert max_rel_error(compared_state(s_p), compared_state(s_x)) < tol["state"]
@@ -193,8 +193,8 @@ def test_dispatch_and_fallback_reasons():
   assert explain_implementation("pallas", linear, backend="cpu") == ("pallas", "requested")
   # auto stays on xla on GPU too; the reason says whether the kernels would cover the call.
   assert explain_implementation("auto", linear, backend="gpu") == (
-      "xla", "the Pallas kernels cover this call but are opt-in (implementation='pallas') until GPU timings show "
-      "them ahead of xla")
+      "xla", "the Pallas kernels cover this call but are opt-in (implementation='pallas'): on an H200 they ran "
+      "slower than xla (BENCHMARKS.md)")
   assert "stored state" in explain_implementation("auto", linear, fresh_state=False, backend="gpu")[1]
   assert "TPU" in explain_implementation("auto", linear, backend="tpu")[1]
   for chunk in (8, 48):
@@ -254,10 +254,10 @@ def _kernel_dot_precisions(jaxpr, inside=False) -> set[str]:
   return found
 
 
-@pytest.mark.parametrize("kind,dot", [("linear", None), ("gated_mlp", None), ("linear", "tf32")])
+@pytest.mark.parametrize("kind,dot", [("linear", None), ("gated_mlp", None), ("linear", "ieee")])
 def test_compiled_kernels_use_tensor_core_matmuls(kind, dot):
-  """Compiled kernels trace every matmul (forward, hand backward, in-kernel vjp) at ``BlockSizes.dot`` (TF32×3
-  by default); interpreted, exact.
+  """Compiled kernels trace every matmul (forward, hand backward, in-kernel vjp) at ``BlockSizes.dot`` (one TF32
+  pass by default); interpreted, exact.
 
   Exact float32 dots become unrolled FMA code in Triton (a 5-minute compile at K = V = 128 on an H200).
   """
@@ -269,16 +269,17 @@ def test_compiled_kernels_use_tensor_core_matmuls(kind, dot):
     loss = lambda *a: jnp.sum(pallas_memory(*a, config, coeffs, interpret=interpret, block_sizes=block)[0])
     return _kernel_dot_precisions(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v, gates, weights).jaxpr)
 
-  assert precisions(interpret=False) == {str(TRITON_DOTS[dot or "tf32x3"])}
+  assert precisions(interpret=False) == {str(TRITON_DOTS[dot or "tf32"])}
   assert precisions(interpret=True) == {str((jax.lax.Precision.HIGHEST,) * 2)}
 
 
 @pytest.mark.gpu
 class TestCompiledOnGPU:
-  """The sampled cases and a realistic shape, compiled with Triton, against the xla path.
+  """The sampled cases (exact float32 kernel matmuls, the interpreter's tolerances) and a realistic shape (the
+  default TF32 matmuls), compiled with Triton, against the xla path.
 
-  The xla path runs at float32 matmul precision here: by default XLA may use TF32 on the GPU, which alone
-  exceeds the float32 tolerances (the kernels' own matmuls are always full float32).
+  The xla path runs at float32 matmul precision here: by default XLA uses TF32 on the GPU, which alone exceeds
+  the float32 tolerances.
   """
 
   @pytest.fixture(autouse=True)
@@ -288,14 +289,16 @@ class TestCompiledOnGPU:
 
   @pytest.mark.parametrize("case", CASES, ids=_id)
   def test_kernel_equals_xla(self, case):
-    _check_case(case, interpret=False)
+    # The sampled sizes pad V, P, F to 16 when compiled.
+    _check_case(case, interpret=False, block_sizes=BlockSizes.get_default(case[0].kind, 16, 16, dot="ieee"))
 
   def test_realistic_shape(self):
     config = MemoryConfig(kind="linear", window=4, chunk_size=64, momentum=True)
     inputs = memory_inputs(config, batch=2, length=1000, heads=4, key_dim=64, value_dim=64)
     (y_x, s_x, g_x), (y_p, s_p, g_p) = _run(config, "xla", inputs), _run(config, "pallas", inputs, False)
-    # Longer sums than the sampled cases (K = V = 64, 16 chunks), hence 1e-3.
-    assert max_rel_error(y_p, y_x) < 1e-3
-    assert max_rel_error(compared_state(s_p), compared_state(s_x)) < 1e-3
-    assert max_rel_error(g_p, g_x) < 1e-3
+    # TF32 products (10-bit mantissas: about 5e-4 relative each) summed over K = 64 and C = 64, 16 chunks. The
+    # sampled cases measured ~1e-4 on an H200 (BENCHMARKS.md); this shape has not run with TF32 yet.
+    assert max_rel_error(y_p, y_x) < 1e-2
+    assert max_rel_error(compared_state(s_p), compared_state(s_x)) < 1e-2
+    assert max_rel_error(g_p, g_x) < 1e-2
     assert np.isfinite(np.asarray(y_p)).all()
