@@ -148,12 +148,21 @@ def plan_segments(position, length: int, rows: int, static: bool):
   return steps, start, valid, token_of_row, out_index
 
 
+def _contiguous(index) -> bool:
+  """Whether a static index array is 0, 1, 2, … (so a gather by it is a reshape)."""
+  return isinstance(index, np.ndarray) and np.array_equal(index.ravel(), np.arange(index.size))
+
+
 def to_segments(x, token_of_row, valid, dtype):
   """[B, T, H, ...] → [n, B, H, R, ...]: each step's rows; padding rows are 0, i.e. q = k = v = 0, η = γ = 0 and
   (as log gates) α = θ = 1."""
-  x = jnp.take(x.astype(dtype), jnp.asarray(token_of_row), axis=1)  # [B, n, R, H, ...]
-  row_valid = jnp.arange(x.shape[2])[None, :] < jnp.asarray(valid)[:, None]  # [n, R]
-  x = jnp.where(row_valid.reshape(row_valid.shape + (1,) * (x.ndim - 3))[None], x, 0.0)
+  x = x.astype(dtype)
+  if _contiguous(token_of_row) and np.all(valid == token_of_row.shape[1]):  # whole steps: no gather, no padding
+    x = x.reshape(x.shape[:1] + token_of_row.shape + x.shape[2:])
+  else:
+    x = jnp.take(x, jnp.asarray(token_of_row), axis=1)  # [B, n, R, H, ...]
+    row_valid = jnp.arange(x.shape[2])[None, :] < jnp.asarray(valid)[:, None]  # [n, R]
+    x = jnp.where(row_valid.reshape(row_valid.shape + (1,) * (x.ndim - 3))[None], x, 0.0)
   return jnp.moveaxis(jnp.moveaxis(x, 3, 2), 1, 0)
 
 
@@ -161,7 +170,9 @@ def from_segments(y, out_index):
   """Step outputs y [n, B, H, R, V] → tokens [B, T, H, V]."""
   steps, batch, heads, rows, width = y.shape
   y = jnp.moveaxis(y, 0, 2).reshape(batch, heads, steps * rows, width)
-  return jnp.moveaxis(jnp.take(y, jnp.asarray(out_index), axis=2), 1, 2)
+  if not (_contiguous(out_index) and out_index.size == steps * rows):
+    y = jnp.take(y, jnp.asarray(out_index), axis=2)
+  return jnp.moveaxis(y, 1, 2)
 
 
 def chunked_memory(q, k, v, gates: Gates, state: MemoryState, config: MemoryConfig, feature_coeffs, *,
