@@ -5,8 +5,10 @@
 
 Config: B = 2, H = 16, K = V = 128, bf16 q/k/v, identity φ, l2, C = 64, momentum and retention on (state:
 one K×V matrix per head, the same as a gated delta rule). Then Titans-style mlp memory rows (K = V = 64,
-F = 128, W = 1), whose kernel keeps W1, W2 and their momenta in one program per head. A kernel that fails to
-compile is reported in the table, not fatal. Forward = outputs and final state; forward+backward =
+F = 128, W = 1), whose kernel keeps W1, W2 and their momenta in one program per head. The kernels get a row per
+matmul algorithm (--dots, ``BlockSizes.dot``) and, for the linear memory, per value block (--value_blocks). A
+kernel that fails to compile (on an H200: most tilings, for lack of shared memory) is reported in the table, not
+fatal. Forward = outputs and final state; forward+backward =
 gradient of a scalar of the outputs with respect to q, k, v, every gate and Φ_init. Times are medians after a
 warm-up call. Model FLOPs follow CHUNKED.md §C.9 (``benchmarks/flops.py``), the same count for every
 implementation; forward+backward counts 3× the forward. Achieved TFLOP/s is compared with a bf16 8192³ matmul
@@ -127,6 +129,7 @@ def _measure_all(rows, ratios, batch, heads, dim, chunk, peak):
            for w in map(int, _WINDOWS.value) for length in map(int, _LENGTHS.value)]
   mlp = MemoryConfig(kind="mlp", window=1, chunk_size=chunk, momentum=True)
   cells += [(mlp, length, _MLP_DIM.value, 2 * _MLP_DIM.value) for length in map(int, filter(None, _MLP_LENGTHS.value))]
+
   def implementations(kind):  # xla, then the kernels per dot algorithm (and value block: linear only)
     blocks = (_VALUE_BLOCKS.value or [None]) if kind == "linear" else [None]
     return ["xla"] + [f"pallas {dot}" + (f" BV={bv}" if bv else "") for dot in _DOTS.value for bv in blocks]
@@ -149,7 +152,7 @@ def _measure_all(rows, ratios, batch, heads, dim, chunk, peak):
     print(f"{sum(f.done() for f in futures)} of {len(futures)} compiled; timing", flush=True)
     for config, length, width, hidden, model_flops, args, compiled in jobs:
       impls = list(compiled)
-      times = {impl: _time(compiled[impl], args) for impl in impls}
+      times = {impl: _time(impl, compiled[impl], args) for impl in impls}
       for impl in impls:
         emit(_row(impl if hidden is None else f"{impl} (mlp, K = {width})", config.window, length, batch,
                   times[impl], model_flops, peak))
@@ -168,8 +171,8 @@ def _measure_all(rows, ratios, batch, heads, dim, chunk, peak):
 
 
 def _compile(config, impl, args, feature_coeffs):
-  """[compiled forward, compiled forward+backward] for one implementation ("xla" or "pallas <dot>"); each
-  compile time printed. An exception (a kernel that does not compile) is returned, not raised."""
+  """[compiled forward, compiled forward+backward] for one implementation ("xla" or "pallas <dot>[ BV=<n>]");
+  each compile time printed. An exception (a kernel that does not compile) is returned, not raised."""
   try:
     if impl == "xla":
       run = functools.partial(memory_op, config=config, implementation="xla")
@@ -179,8 +182,7 @@ def _compile(config, impl, args, feature_coeffs):
       block = BlockSizes.get_default(config.kind, value, key, dot=dot)
       if bv:
         block = dataclasses.replace(block, value=int(bv[0].removeprefix("BV=")))
-      run = functools.partial(pallas_memory, config=config, feature_coeffs=feature_coeffs,
-                            block_sizes=block)
+      run = functools.partial(pallas_memory, config=config, feature_coeffs=feature_coeffs, block_sizes=block)
     out = []
     for fn, label in zip(_functions(run), ("forward", "forward+backward")):
       start = time.perf_counter()
@@ -192,13 +194,13 @@ def _compile(config, impl, args, feature_coeffs):
     return e
 
 
-def _time(future, args):
+def _time(impl, future, args):
   """(forward s, forward+backward s), or why not: "failed" (the error printed) or "compiling"."""
   if not future.done():
     return "compiling"
   compiled = future.result()
   if isinstance(compiled, Exception):
-    print(f"failed: {type(compiled).__name__}: {str(compiled)[:300]}", flush=True)
+    print(f"{impl} failed: {type(compiled).__name__}: {str(compiled)[:300]}", flush=True)
     return "failed"
   return tuple(common.time_call(fn, *args, repeats=_REPEATS.value) for fn in compiled)
 
