@@ -24,7 +24,10 @@ def layer_call(length: int, mode: str, batch: int = 2):
   """(jitted call, its arguments): the matched layer's forward ("fwd") or the gradient of Σ y² ("bwd")."""
   config = get_preset("titans", "tiny", width=256, memory_heads=4, memory_head_dim=64, memory_hidden=256,
                       memory=MemoryConfig(kind="mlp", chunk_size=64, momentum=True))
-  graphdef, params = nnx.split(MemoryLayer(config, rngs=nnx.Rngs(0)))
+  # Parameters initialised by one jitted call, as the training loop does (eager init compiles every small op).
+  make = lambda: MemoryLayer(config, rngs=nnx.Rngs(0))
+  graphdef, _ = nnx.split(nnx.eval_shape(make))
+  params = jax.jit(lambda: nnx.state(make()))()
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, length, 256))
   apply = lambda params, x: nnx.merge(graphdef, params)(x)[0]
   if mode == "fwd":
