@@ -278,20 +278,22 @@ def _forward(inputs, weights, states, static: _Static, save_states: bool):
       *inputs, *weights, *states)
 
 
+def _split(outs, nw: int, groups: int):
+  """(outs[0], then `groups` tuples of nw outputs each) from the forward kernel's flat outputs."""
+  return (outs[0],) + tuple(tuple(outs[1 + i * nw:1 + (i + 1) * nw]) for i in range(groups))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _omega_chunk(inputs, weights, states, static: _Static):
-  outs = _forward(inputs, weights, states, static, save_states=False)
-  nw = len(weights)
-  return outs[0], tuple(outs[1:1 + nw]), tuple(outs[1 + nw:1 + 2 * nw]), tuple(outs[1 + 2 * nw:1 + 3 * nw])
+  """(y, Φ_out, S_out, anchor)."""
+  return _split(_forward(inputs, weights, states, static, save_states=False), len(weights), 3)
 
 
 def _omega_chunk_fwd(inputs, weights, states, static: _Static):
-  outs = _forward(inputs, weights, states, static, save_states=True)
-  nw = len(weights)
-  saved_w = tuple(outs[1 + 3 * nw:1 + 4 * nw])
-  saved_s = tuple(outs[1 + 4 * nw:1 + 5 * nw]) if static.momentum else None
-  primal = (outs[0], tuple(outs[1:1 + nw]), tuple(outs[1 + nw:1 + 2 * nw]), tuple(outs[1 + 2 * nw:1 + 3 * nw]))
-  return primal, (inputs, saved_w, saved_s)
+  outs = _split(_forward(inputs, weights, states, static, save_states=True), len(weights),
+                5 if static.momentum else 4)
+  saved_s = outs[5] if static.momentum else None
+  return outs[:4], (inputs, outs[4], saved_s)
 
 
 def _omega_chunk_bwd(static: _Static, residuals, cotangents):
