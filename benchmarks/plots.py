@@ -441,11 +441,12 @@ PLOTTERS = {
 }
 
 
-def plot_all(text: str, out_dir: str, source: str = "RESULTS.md") -> list[str]:
-  """Draws every figure from a RESULTS.md text into out_dir; raises MissingSectionError before drawing any."""
+def plot_all(text: str, out_dir: str, source: str = "RESULTS.md") -> tuple[list[str], dict[str, Section]]:
+  """Draws every figure from a RESULTS.md text into out_dir; raises MissingSectionError before drawing any.
+  Returns the PNG paths and the newest section of each benchmark."""
   latest = latest_sections(parse_results(text))
   require(latest, PLOTTERS, source)
-  return [plot(latest[kind], out_dir) for kind, plot in PLOTTERS.items()]
+  return [plot(latest[kind], out_dir) for kind, plot in PLOTTERS.items()], latest
 
 
 def main(argv=None) -> int:
@@ -459,13 +460,12 @@ def main(argv=None) -> int:
   with open(args.results, encoding="utf-8") as f:
     text = f.read()
   try:
-    paths = plot_all(text, args.out_dir, source=args.results)
+    paths, latest = plot_all(text, args.out_dir, source=args.results)
   except (MissingSectionError, KeyError, ValueError) as e:
     print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
     return 1
   for path in paths:
     print(f"wrote {os.path.relpath(path)}")
-  latest = latest_sections(parse_results(text))
   for column in ("fwd tok/s", "fwd+bwd tok/s"):
     for line in crossing_summary(latest["layer_scaling"], column):
       print(f"layer_scaling {column}: {line}")

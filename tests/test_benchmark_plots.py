@@ -140,8 +140,9 @@ def test_crossings_log_log():
 
 
 def test_plot_all_writes_pngs(tmp_path):
-  paths = plots.plot_all(RESULTS, str(tmp_path / "figs"))
+  paths, latest = plots.plot_all(RESULTS, str(tmp_path / "figs"))
   assert sorted(os.path.basename(p) for p in paths) == sorted(plots.FIGURE_FILES.values())
+  assert sorted(latest) == sorted(plots.PLOTTERS)
   for path in paths:
     with open(path, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
