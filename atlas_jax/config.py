@@ -77,8 +77,8 @@ class ModelConfig:
     if self.dtype not in _DTYPES or self.param_dtype not in _DTYPES:
       raise ValueError(f"dtype={self.dtype!r}, param_dtype={self.param_dtype!r}; expected one of {list(_DTYPES)}.")
     if self.memory_implementation not in IMPLEMENTATIONS:
-      raise ValueError(f"memory_implementation={self.memory_implementation!r}; expected 'auto', 'reference', "
-                       "'xla' or 'pallas'.")
+      raise ValueError(f"memory_implementation={self.memory_implementation!r}; expected one of "
+                       f"{IMPLEMENTATIONS}.")
     if self.remat not in ("none", "full"):
       raise ValueError(f"remat={self.remat!r}; expected 'none' or 'full'.")
     if self.scan_layers and len(set(self.blocks)) > 1:

@@ -101,19 +101,6 @@ def count_params(config: ModelConfig) -> int:
   return int(sum(np.prod(leaf.shape) for leaf in leaves))
 
 
-def main() -> None:
-  sizes = [s for s in SIZES if s != "tiny"]
-  print("| preset | " + " | ".join(sizes) + " |")
-  print("|---|" + "---|" * len(sizes))
-  for name in PRESETS:
-    counts = [f"{count_params(get_preset(name, s)) / 1e6:,.0f}M" for s in sizes]
-    print(f"| {name} | " + " | ".join(counts) + " |", flush=True)
-
-
-if __name__ == "__main__":
-  main()
-
-
 def preset_config(preset: str, size: str, overrides) -> ModelConfig:
   """A preset at a size with field overrides (a mapping or ConfigDict; ``memory`` nested), unknown keys refused.
 
@@ -136,3 +123,17 @@ def preset_config(preset: str, size: str, overrides) -> ModelConfig:
   if "blocks" in overrides:
     overrides["blocks"] = tuple(overrides["blocks"])
   return get_preset(preset, size, **overrides)
+
+
+def main() -> None:
+  sizes = [s for s in SIZES if s != "tiny"]
+  print("| preset | " + " | ".join(sizes) + " |")
+  print("|---|" + "---|" * len(sizes))
+  for name in PRESETS:
+    counts = [f"{count_params(get_preset(name, s)) / 1e6:,.0f}M" for s in sizes]
+    print(f"| {name} | " + " | ".join(counts) + " |", flush=True)
+
+
+if __name__ == "__main__":
+  main()
+

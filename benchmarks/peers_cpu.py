@@ -8,7 +8,7 @@ T ∈ {1024, 4096}. Each cell runs in a fresh process (so peak RSS is that cell'
 after a warm-up; --trials such processes per cell, run in rounds over the sides, and the table gives the
 medians over trials (this machine's speed drifts by 15–25% over minutes). Peak RSS is read twice: after the
 warm-up call (what one call needs) and after all calls (allocators can grow later: under tcmalloc our side at
-T = 4096 takes a second ~450 MiB set of pages after two to five calls). Forward+backward is the gradient of Σ y²
+T = 4096 sometimes takes a second ~420 MiB set of pages within a few calls). Forward+backward is the gradient of Σ y²
 with respect to the input (and, for us, the parameters). Semantics differ and are stated in the table: we read
 the memory at every token (y_t = M(q_t; Φ_t) after token t's update, gradients anchored per chunk of 64);
 titans-pytorch reads at chunk granularity and, in its default mode (batch_size=None), takes every gradient at

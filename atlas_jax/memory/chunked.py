@@ -18,7 +18,6 @@ MLP kinds read layer 2 first (H = read(φ(Q))), apply the activation, then layer
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -255,7 +255,7 @@ def _kernel_dot_precisions(jaxpr, inside=False) -> set[str]:
 
 
 @pytest.mark.parametrize("kind,dot", [("linear", None), ("gated_mlp", None), ("linear", "ieee")])
-def test_compiled_kernels_use_tensor_core_matmuls(kind, dot):
+def test_compiled_kernels_use_the_block_dot_algorithm(kind, dot):
   """Compiled kernels trace every matmul (forward, hand backward, in-kernel vjp) at ``BlockSizes.dot`` (one TF32
   pass by default); interpreted, exact.
 
