@@ -31,16 +31,30 @@ class Coefficients(NamedTuple):
   psi: jnp.ndarray  # Ψ [R, N]
 
 
+def _lower(r: int, strict: bool = False) -> jnp.ndarray:
+  """[R, R] with ones on and below the diagonal (strictly below if strict)."""
+  rows, cols = jnp.arange(r)[:, None], jnp.arange(r)[None, :]
+  return (rows > cols if strict else rows >= cols).astype(jnp.float32)
+
+
+def cumsum(x: jnp.ndarray) -> jnp.ndarray:
+  """Σ_{j≤t} x_j for x [R], as a matmul with the lower-triangular ones (XLA:CPU runs jnp.cumsum as a slow
+  reduce-window). −∞ is floored at −1e30, as in `segsum`."""
+  return jnp.matmul(_lower(x.shape[-1]).astype(x.dtype), jnp.maximum(x, -1e30), precision=_HIGHEST)
+
+
 def segsum(x: jnp.ndarray) -> jnp.ndarray:
   """X_{tτ} = Σ_{j=τ+1..t} x_j for τ ≤ t and −∞ above the diagonal, for x [R] → [R, R].
 
-  A masked cumulative sum: X_{tτ} = Σ_{t′ ≤ t} 1[t′ > τ] x_{t′}; masking is a select, so x = −∞ is safe.
+  X = 1[j ≤ t] · diag(x) · 1[j > τ], one matmul that adds exactly the terms in range (no difference of
+  cumulative sums, so no cancellation). x = −∞ is floored at −1e30 first (0 · −∞ would be NaN); exp of the
+  result is then still exactly 0.
   """
   r = x.shape[-1]
-  rows = jnp.arange(r)[:, None]
-  cols = jnp.arange(r)[None, :]
-  terms = jnp.where(rows > cols, x[:, None], 0.0)  # [t′, τ]
-  return jnp.where(rows >= cols, jnp.cumsum(terms, axis=0), -jnp.inf)
+  x = jnp.maximum(x, -1e30)
+  inside = jnp.matmul(_lower(r).astype(x.dtype) * x[None, :], _lower(r, strict=True).astype(x.dtype),
+                      precision=_HIGHEST)
+  return jnp.where(_lower(r) > 0, inside, -jnp.inf)
 
 
 def window_band(rows: int, window: int, valid: jnp.ndarray | int) -> jnp.ndarray:
@@ -53,7 +67,7 @@ def window_band(rows: int, window: int, valid: jnp.ndarray | int) -> jnp.ndarray
 def coefficients(log_alpha, eta, log_theta, slot_gamma, valid, window: int) -> Coefficients:
   """Coefficients of one head's segment: gates [R] (log_theta None ⇔ no momentum), γ of the N slots [N]."""
   rows = log_alpha.shape[0]
-  alpha_bar = jnp.exp(jnp.cumsum(log_alpha))
+  alpha_bar = jnp.exp(cumsum(log_alpha))
   decay_eta = jnp.exp(segsum(log_alpha)) * eta[None, :]
   banded = window_band(rows, window, valid) * slot_gamma[None, :]  # Γ diag(γ)
   if log_theta is None:
@@ -61,7 +75,7 @@ def coefficients(log_alpha, eta, log_theta, slot_gamma, valid, window: int) -> C
     mu = jnp.zeros_like(alpha_bar)
     psi = banded
   else:
-    theta_bar = jnp.exp(jnp.cumsum(log_theta))
+    theta_bar = jnp.exp(cumsum(log_theta))
     psi = jnp.matmul(jnp.exp(segsum(log_theta)), banded, precision=_HIGHEST)
     mu = jnp.matmul(decay_eta, theta_bar, precision=_HIGHEST)
   lam = jnp.matmul(decay_eta, psi, precision=_HIGHEST)

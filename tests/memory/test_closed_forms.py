@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from atlas_jax.memory import MemoryConfig, feature_dim, feature_map, memory_op, newton_schulz
-from atlas_jax.memory.coefficients import segsum
+from atlas_jax.memory.coefficients import cumsum, segsum
 from atlas_jax.memory.fast_weights import gelu_and_grad, silu_grad
 from atlas_jax.memory.feature_maps import kernel
 from tests.helpers import memory_inputs, x64
@@ -101,6 +101,19 @@ def test_segsum_is_stable_under_underflow():
     expected = np.array([[np.sum(np.asarray(x)[j + 1:t + 1]) if j <= t else -np.inf for j in range(6)]
                          for t in range(6)])
     np.testing.assert_allclose(np.asarray(segsum(x)), expected, rtol=1e-12)
+
+
+def test_segsum_and_cumsum_take_minus_infinity():
+  """A gate of exactly 0 (log −∞) cuts every product through it to an exact 0, without NaN (both are matmuls
+  inside, where 0 · −∞ would be NaN)."""
+  x = jnp.array([-0.5, -1.0, -jnp.inf, -0.25, -2.0])
+  decay = np.asarray(jnp.exp(segsum(x)))
+  assert not np.any(np.isnan(decay))
+  assert decay[3, 1] == 0.0 and decay[4, 0] == 0.0  # spans position 2
+  np.testing.assert_allclose(decay[4, 2], np.exp(-2.25), rtol=1e-6)  # starts after it
+  np.testing.assert_allclose(np.asarray(jnp.exp(cumsum(x))), [np.exp(-0.5), np.exp(-1.5), 0, 0, 0], rtol=1e-6)
+  grad = jax.grad(lambda x: jnp.sum(jnp.exp(segsum(x))) + jnp.sum(jnp.exp(cumsum(x))))(x)
+  assert np.all(np.isfinite(np.asarray(grad)))
 
 
 def test_tiny_retention_stays_finite():
