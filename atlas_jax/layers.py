@@ -112,8 +112,35 @@ class ShortConv(nnx.Module):
     if state is None:
       state = self.init_state(x.shape[0], x.dtype)
     full = jnp.concatenate([state.astype(x.dtype), x], axis=1)  # [B, w − 1 + T, ch]
-    kernel = self.kernel[...].astype(self.dtype)
-    length = x.shape[1]
-    # kernel row w − 1 multiplies x_t, row w − 1 − j multiplies x_{t−j}.
-    y = sum(full[:, j:j + length] * kernel[j] for j in range(self.width))
+    y = _causal_conv(full, self.kernel[...].astype(self.dtype))
     return y.astype(self.dtype), full[:, full.shape[1] - (self.width - 1):]
+
+
+@jax.custom_vjp
+def _causal_conv(full: jax.Array, kernel: jax.Array) -> jax.Array:
+  """y_t = Σ_j kernel_j ⊙ full_{t+j} for full [B, w − 1 + T, ch], kernel [w, ch] → y [B, T, ch].
+
+  Kernel row w − 1 multiplies x_t, row w − 1 − j multiplies x_{t−j}.
+  """
+  length = full.shape[1] - kernel.shape[0] + 1
+  return sum(full[:, j:j + length] * kernel[j] for j in range(kernel.shape[0]))
+
+
+def _causal_conv_forward(full, kernel):
+  return _causal_conv(full, kernel), (full, kernel)
+
+
+def _causal_conv_backward(residuals, dy):
+  """Only dy is shifted. Autodiff's kernel gradient Σ_t full_{t+j} dy_t sliced `full` w times, and XLA:CPU
+  computed those slices right after the forward's projection and held them through the memory scan
+  (w × [B, T, ch]: 72 MiB of the peer layer's 396 MiB plan at T = 4096)."""
+  full, kernel = residuals
+  width = kernel.shape[0]
+  # dy placed at tap j's offset: shifted[j][:, t + j] = dy[:, t], zero elsewhere ([B, w − 1 + T, ch]).
+  shifted = [jnp.pad(dy, ((0, 0), (j, width - 1 - j), (0, 0))) for j in range(width)]
+  dfull = sum(s * kernel[j] for j, s in enumerate(shifted))
+  dkernel = jnp.stack([jnp.sum(full * s, axis=(0, 1)) for s in shifted])  # Σ_s full_s shifted[j]_s
+  return dfull, dkernel
+
+
+_causal_conv.defvjp(_causal_conv_forward, _causal_conv_backward)
