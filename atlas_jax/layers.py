@@ -140,7 +140,7 @@ def _causal_conv_backward(residuals, dy):
   shifted = [jnp.pad(dy, ((0, 0), (j, width - 1 - j), (0, 0))) for j in range(width)]
   dfull = sum(s * kernel[j] for j, s in enumerate(shifted))
   dkernel = jnp.stack([jnp.sum(full * s, axis=(0, 1)) for s in shifted])  # Σ_s full_s shifted[j]_s
-  return dfull, dkernel
+  return dfull.astype(full.dtype), dkernel.astype(kernel.dtype)
 
 
 _causal_conv.defvjp(_causal_conv_forward, _causal_conv_backward)

@@ -2,7 +2,7 @@
 
 Matched to benchmarks/titans_worker.py: width 256, 4 heads of 64, a 2-layer MLP memory with expansion 4, chunk
 64, batch 2, Titans' update rule (W = 1, momentum, retention, identity φ, l2). --granularity=chunk reads the
-memory at chunk granularity (SPEC.md §3.6), the semantics of titans-pytorch with batch_size=64. Peak RSS is the
+memory at chunk granularity (SPEC.md §3.6), the structure of titans-pytorch with batch_size=64. Peak RSS is the
 whole process's, read after the warm-up call (setup, compilation, one call) and after all calls.
 """
 
