@@ -136,4 +136,3 @@ def main() -> None:
 
 if __name__ == "__main__":
   main()
-

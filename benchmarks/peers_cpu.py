@@ -21,6 +21,7 @@ chunk, ours per token).
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import os
 import statistics
@@ -87,16 +88,15 @@ def main(argv):
                    f"{cell['bwd']['warm_rss_mib']:,.0f}", f"{cell['bwd']['peak_rss_mib']:,.0f}"])
       print("  " + " | ".join(rows[-1]), flush=True)
   summary = []
-  for mine, (name, _, _) in ((m, s) for m in ours for s in sides[len(ours):]):
-    for length in (int(t) for t in _LENGTHS.value):
-      a, b = results[mine, length], results[name, length]
-      summary.append(
-          f"- T={length}, {mine} vs {name}: {a['fwd']['tokens_per_s'] / b['fwd']['tokens_per_s']:.2f}× (fwd), "
-          f"{a['bwd']['tokens_per_s'] / b['bwd']['tokens_per_s']:.2f}× (fwd+bwd) tokens/s; fwd+bwd peak RSS "
-          f"{a['bwd']['warm_rss_mib'] / b['bwd']['warm_rss_mib']:.2f}× theirs after one call, "
-          f"{a['bwd']['peak_rss_mib'] / b['bwd']['peak_rss_mib']:.2f}× after all calls")
-  versions = [f"torch {results[name, int(_LENGTHS.value[0])]['fwd'].get('torch', '?')}"
-              for name, _, _ in sides[len(ours):len(ours) + 1]]
+  theirs = [name for name, _, _ in sides[len(ours):]]
+  for mine, name, length in itertools.product(ours, theirs, (int(t) for t in _LENGTHS.value)):
+    a, b = results[mine, length], results[name, length]
+    summary.append(
+        f"- T={length}, {mine} vs {name}: {a['fwd']['tokens_per_s'] / b['fwd']['tokens_per_s']:.2f}× (fwd), "
+        f"{a['bwd']['tokens_per_s'] / b['bwd']['tokens_per_s']:.2f}× (fwd+bwd) tokens/s; fwd+bwd peak RSS "
+        f"{a['bwd']['warm_rss_mib'] / b['bwd']['warm_rss_mib']:.2f}× theirs after one call, "
+        f"{a['bwd']['peak_rss_mib'] / b['bwd']['peak_rss_mib']:.2f}× after all calls")
+  versions = [f"torch {results[name, int(_LENGTHS.value[0])]['fwd'].get('torch', '?')}" for name in theirs[:1]]
   body = ("Width 256, 4 heads × 64, chunk 64, 2-layer MLP memory (expansion 4), batch 2, float32; each cell a "
           f"fresh process; medians of {_REPEATS.value} calls after warm-up, then medians over {_TRIALS.value} "
           f"processes per cell run in rounds over the sides. {', '.join(versions)}\n\n" +

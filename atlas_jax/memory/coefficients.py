@@ -51,10 +51,11 @@ def segsum(x: jnp.ndarray) -> jnp.ndarray:
   result is then still exactly 0.
   """
   r = x.shape[-1]
+  lower = _lower(r)
   x = jnp.maximum(x, -1e30)
-  inside = jnp.matmul(_lower(r).astype(x.dtype) * x[None, :], _lower(r, strict=True).astype(x.dtype),
+  inside = jnp.matmul(lower.astype(x.dtype) * x[None, :], _lower(r, strict=True).astype(x.dtype),
                       precision=_HIGHEST)
-  return jnp.where(_lower(r) > 0, inside, -jnp.inf)
+  return jnp.where(lower > 0, inside, -jnp.inf)
 
 
 def window_band(rows: int, window: int, valid: jnp.ndarray | int) -> jnp.ndarray:
