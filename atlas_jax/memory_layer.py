@@ -4,7 +4,8 @@
       → gates from x, float32: α = σ(·) (as log α = −softplus(−·)), η = η_max σ(·), θ = σ(·), γ = σ(·)
       → memory → per-head RMSNorm of y → y ⊙ σ(linear(x)) → output projection
 
-Initial gate biases (a design choice): α ≈ 0.999, η ≈ 0.1·η_max, θ ≈ 0.9, γ ≈ 0.95. φ coefficients a_i =
+Initial gate biases (a design choice): α ≈ 0.999, η ≈ 0.1·η_max (less for memories that diverge at 0.1: see
+``ModelConfig.initial_eta_share``), θ ≈ 0.9, γ ≈ 0.95. φ coefficients a_i =
 softplus(ρ_i) start at 1/i!; the kernel's inverse temperature 1/τ = softplus(·) starts at √K.
 """
 
@@ -22,8 +23,8 @@ from atlas_jax.kernel_memory import KernelMemoryState, exp_kernel, init_kernel_s
 from atlas_jax.layers import Dense, ShortConv, constant, param
 from atlas_jax.memory import Gates, MemoryState, feature_dim, init_state, memory_op, weight_shapes
 
-_GATE_BIAS = {"alpha": math.log(0.999 / 0.001), "eta": math.log(0.1 / 0.9), "theta": math.log(0.9 / 0.1),
-              "gamma": math.log(0.95 / 0.05)}
+_logit = lambda p: math.log(p / (1.0 - p))
+_GATE_BIAS = {"alpha": _logit(0.999), "theta": _logit(0.9), "gamma": _logit(0.95)}
 
 
 def _inverse_softplus(y: float) -> float:
@@ -46,7 +47,8 @@ class MemoryLayer(nnx.Module):
     self.heads, self.dim = heads, dim
     self.qkv = Dense(width, 3 * heads * dim, ("embed", "heads"), **kw)
     self.conv = ShortConv(3 * heads * dim, config.conv_width, **kw)
-    bias = jnp.repeat(jnp.asarray([_GATE_BIAS[g] for g in ("alpha", "eta", "theta", "gamma")]), heads)
+    biases = dict(_GATE_BIAS, eta=_logit(config.initial_eta_share))
+    bias = jnp.repeat(jnp.asarray([biases[g] for g in ("alpha", "eta", "theta", "gamma")]), heads)
     self.gates = Dense(width, 4 * heads, ("embed", None), rngs=rngs, use_bias=True, std=0.02,
                        param_dtype=config.jnp_param_dtype)
     self.gates.bias[...] = bias.astype(self.gates.bias.dtype)

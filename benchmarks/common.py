@@ -11,15 +11,24 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 
 from atlas_jax.markdown import markdown_table  # noqa: F401 - the benchmarks' table writer
 
 RESULTS = os.path.join(os.path.dirname(__file__), "RESULTS.md")
 
 
+def check_finite(what: str, tree) -> None:
+  """Raises if a benchmarked call returned NaN or ±inf anywhere: a timing of a diverged computation is no result."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    if not bool(jnp.all(jnp.isfinite(leaf))):
+      raise RuntimeError(f"{what}: non-finite values in the output{jax.tree_util.keystr(path)}.")
+
+
 def time_call(fn, *args, repeats: int = 5) -> float:
-  """Median wall time (seconds) of fn(*args) after one warm-up call (compilation excluded)."""
-  jax.block_until_ready(fn(*args))
+  """Median wall time (seconds) of fn(*args) after one warm-up call (compilation excluded), whose output must be
+  finite."""
+  check_finite(getattr(fn, "__name__", "benchmarked call"), jax.block_until_ready(fn(*args)))
   times = []
   for _ in range(repeats):
     start = time.perf_counter()

@@ -69,8 +69,9 @@ def _cell(layer, length):
       out.append((None, plan))
       continue
     start = time.perf_counter()
-    jax.block_until_ready(fn(params, x))
+    result = jax.block_until_ready(fn(params, x))
     first = time.perf_counter() - start
+    common.check_finite(f"{type(layer).__name__} at T = {length}", result)
     seconds = first if first > _MAX_CALL.value else common.time_call(fn, params, x, repeats=3)
     out.append((seconds, plan))
   return out

@@ -19,6 +19,7 @@ from flax import nnx
 from atlas_jax.memory import MemoryConfig
 from atlas_jax.memory_layer import MemoryLayer
 from atlas_jax.presets import get_preset
+from benchmarks import common
 
 
 def layer_call(length: int, mode: str, batch: int = 2, granularity: str = "token"):
@@ -45,7 +46,7 @@ def main():
   p.add_argument("--granularity", choices=["token", "chunk"], default="token")
   args = p.parse_args()
   fn, call_args = layer_call(args.length, args.mode, args.batch, args.granularity)
-  jax.block_until_ready(fn(*call_args))  # compile + warm-up
+  common.check_finite("memory layer", jax.block_until_ready(fn(*call_args)))  # compile + warm-up
   warm_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   times = []
   for _ in range(args.repeats):

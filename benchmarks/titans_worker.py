@@ -32,13 +32,14 @@ def main():
   def run():
     if args.mode == "fwd":
       with torch.no_grad():
-        memory(x)
-    else:
-      xg = x.clone().requires_grad_(True)
-      out, _ = memory(xg)
-      out.square().sum().backward()
+        return memory(x)[0]
+    xg = x.clone().requires_grad_(True)
+    out, _ = memory(xg)
+    out.square().sum().backward()
+    return xg.grad
 
-  run()  # warm-up
+  if not torch.isfinite(run()).all():  # warm-up
+    raise RuntimeError("titans-pytorch returned non-finite values: a timing of them would be no result.")
   warm_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   times = []
   for _ in range(args.repeats):
