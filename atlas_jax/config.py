@@ -92,6 +92,8 @@ class ModelConfig:
                        f"width ({self.memory_heads}·{self.memory_head_dim} ≠ {self.width}).")
     if self.memory.residual is True and self.memory_head_dim <= 0:
       raise ValueError("memory_head_dim must be positive.")
+    if self.eta_init is not None and not 0.0 < self.eta_init < 1.0:
+      raise ValueError(f"eta_init={self.eta_init} is σ(η's initial bias); expected a share of eta_max in (0, 1).")
 
   @property
   def inner_lr_max(self) -> float:
@@ -110,17 +112,20 @@ class ModelConfig:
   def initial_eta_share(self) -> float:
     """σ(η's initial bias): η_init / η_max (``eta_init`` if set).
 
-    0.1 by default. With momentum and without Muon, times (1 − θ_init) = 0.1: heavy ball multiplies the step by
-    1 / (1 − θ), and at 0.1 the Titans memory diverged within 60 tokens of text. With the dot bias and an MLP
-    memory, times 0.03: nothing pulls the writes back (no error term), each layer's growth feeds the other's,
-    and at 0.01 the DLA memory diverged after about 4K tokens. Measured at initialisation on 4K tokens of text
-    and 64K of random input (tests/models/test_stability.py).
+    0.1 by default. With momentum and without Muon, times (1 − θ_init) = 0.1 and times min(1, 16 / C): heavy
+    ball multiplies the step by 1 / (1 − θ) (at 0.1 the Titans memory diverged within 60 tokens of text), and
+    inside a chunk every gradient is taken at the anchor, so its steps pile up unchecked (at 0.01 and C = 64
+    Titans and OmegaNet diverged after about 400 tokens; at C ≤ 32, or at 0.005, they did not). With the dot
+    bias and an MLP memory, times 0.03: nothing pulls the writes back (no error term), each layer's growth feeds
+    the other's, and at 0.01 the DLA memory diverged after about 4K tokens. Measured once at initialisation on
+    4K tokens of text; tests/models/test_stability.py checks 2K tokens of text for every preset's memory at
+    C = 8 and at C = 64.
     """
     if self.eta_init is not None:
       return self.eta_init
     mem, share = self.memory, 0.1
     if mem.momentum and not mem.muon:
-      share *= 0.1
+      share *= 0.1 * min(1.0, 16 / mem.chunk_size)
     if mem.bias == "dot" and mem.kind != "linear":
       share *= 0.03
     return share

@@ -15,7 +15,8 @@ titans-pytorch reads at chunk granularity and, in its default mode (batch_size=N
 the call's initial weights; batch_size=64 re-anchors every chunk as Titans and SPEC.md define it. Our second row
 ("chunk reads") runs the same layer at chunk granularity (SPEC.md §3.6): reads at each chunk's anchor and weights
 that change once per chunk, the structure of titans-pytorch's batch_size=64 (its decay and momentum gates are per
-chunk, ours per token).
+chunk, ours per token). Outputs are checked after the warm-up call: ours must be finite (the worker fails
+otherwise); titans-pytorch's finiteness is reported in the table, not enforced (its hyperparameters are its own).
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ def _run(cmd: list[str]) -> dict:
 
 
 def _median_trial(trials: list[dict]) -> dict:
-  """Per key, the median over trials of a cell's numbers (the first trial's value for strings)."""
-  return {key: statistics.median(t[key] for t in trials) if isinstance(trials[0][key], (int, float))
+  """Per key, the median over trials of a cell's numbers (the first trial's value for strings); "finite" holds
+  only if it held in every trial."""
+  cell = {key: statistics.median(t[key] for t in trials) if isinstance(trials[0][key], (int, float))
           else trials[0][key] for key in trials[0]}
+  cell["finite"] = all(t.get("finite", True) for t in trials)
+  return cell
 
 
 def main(argv):
@@ -83,7 +87,9 @@ def main(argv):
     for name, semantics, _ in sides:
       cell = {mode: _median_trial(trials[name, mode]) for mode in ("fwd", "bwd")}
       results[name, length] = cell
-      rows.append([name, semantics, str(length), f"{cell['fwd']['tokens_per_s']:,.0f}",
+      finite = cell["fwd"]["finite"] and cell["bwd"]["finite"]
+      rows.append([name, semantics + ("" if finite else "; **outputs not finite**"), str(length),
+                   f"{cell['fwd']['tokens_per_s']:,.0f}",
                    f"{cell['bwd']['tokens_per_s']:,.0f}", f"{cell['fwd']['peak_rss_mib']:,.0f}",
                    f"{cell['bwd']['warm_rss_mib']:,.0f}", f"{cell['bwd']['peak_rss_mib']:,.0f}"])
       print("  " + " | ".join(rows[-1]), flush=True)
@@ -96,7 +102,8 @@ def main(argv):
         f"{a['bwd']['tokens_per_s'] / b['bwd']['tokens_per_s']:.2f}× (fwd+bwd) tokens/s; fwd+bwd peak RSS "
         f"{a['bwd']['warm_rss_mib'] / b['bwd']['warm_rss_mib']:.2f}× theirs after one call, "
         f"{a['bwd']['peak_rss_mib'] / b['bwd']['peak_rss_mib']:.2f}× after all calls")
-  versions = [f"torch {results[name, int(_LENGTHS.value[0])]['fwd'].get('torch', '?')}" for name in theirs[:1]]
+  versions = [f"torch {cell.get('torch', '?')}, titans-pytorch {cell.get('titans_pytorch', '?')}"
+              for cell in (results[name, int(_LENGTHS.value[0])]["fwd"] for name in theirs[:1])]
   body = ("Width 256, 4 heads × 64, chunk 64, 2-layer MLP memory (expansion 4), batch 2, float32; each cell a "
           f"fresh process; medians of {_REPEATS.value} calls after warm-up, then medians over {_TRIALS.value} "
           f"processes per cell run in rounds over the sides. {', '.join(versions)}\n\n" +
