@@ -8,7 +8,6 @@ OmegaNet's within 200.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ _LENGTH = 2048
 @pytest.mark.parametrize("memory_of", ["tiny", "170m"])
 @pytest.mark.parametrize("name", _MEMORY_PRESETS)
 def test_preset_is_finite_on_long_text_at_init(name, memory_of):
-  """The tiny model with the memory of the tiny preset (C = 8, W = 4) or of the full-size ones (C = 64, W = 8)."""
+  """The tiny model with the memory of the tiny preset (C = 8) or of the full-size presets (C = 64)."""
   text = kjv_text().encode()[50_000:50_000 + _LENGTH]
   tokens = jnp.asarray(np.frombuffer(text, np.uint8).astype(np.int32))[None]
   config = get_preset(name, "tiny")
