@@ -15,6 +15,8 @@ from atlas_jax.memory.op import IMPLEMENTATIONS
 # memory-as-layer, and the exponential-kernel memory (DeepTransformer, Dot; SPEC.md §4).
 BLOCK_TYPES = ("memory", "attention", "swa", "mag", "mal", "kernel_memory")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# The memory layer's gates at initialisation, σ(bias) (a design choice; η's is ``initial_eta_share``).
+INITIAL_GATES = {"alpha": 0.999, "theta": 0.9, "gamma": 0.95}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +129,7 @@ class ModelConfig:
       return self.eta_init
     mem, share = self.memory, 0.1
     if mem.momentum and not mem.muon:
-      share *= 0.1 * min(1.0, 16 / mem.chunk_size)
+      share *= (1.0 - INITIAL_GATES["theta"]) * min(1.0, 16 / mem.chunk_size)
     if mem.bias == "dot" and mem.kind != "linear":
       share *= 0.03
     return share

@@ -18,13 +18,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from atlas_jax.config import ModelConfig
+from atlas_jax.config import INITIAL_GATES, ModelConfig
 from atlas_jax.kernel_memory import KernelMemoryState, exp_kernel, init_kernel_state, kernel_memory
 from atlas_jax.layers import Dense, ShortConv, constant, param
 from atlas_jax.memory import Gates, MemoryState, feature_dim, init_state, memory_op, weight_shapes
 
 _logit = lambda p: math.log(p / (1.0 - p))
-_GATE_BIAS = {"alpha": _logit(0.999), "theta": _logit(0.9), "gamma": _logit(0.95)}
 
 
 def _inverse_softplus(y: float) -> float:
@@ -47,8 +46,8 @@ class MemoryLayer(nnx.Module):
     self.heads, self.dim = heads, dim
     self.qkv = Dense(width, 3 * heads * dim, ("embed", "heads"), **kw)
     self.conv = ShortConv(3 * heads * dim, config.conv_width, **kw)
-    biases = dict(_GATE_BIAS, eta=_logit(config.initial_eta_share))
-    bias = jnp.repeat(jnp.asarray([biases[g] for g in ("alpha", "eta", "theta", "gamma")]), heads)
+    shares = dict(INITIAL_GATES, eta=config.initial_eta_share)
+    bias = jnp.repeat(jnp.asarray([_logit(shares[g]) for g in ("alpha", "eta", "theta", "gamma")]), heads)
     self.gates = Dense(width, 4 * heads, ("embed", None), rngs=rngs, use_bias=True, std=0.02,
                        param_dtype=config.jnp_param_dtype)
     self.gates.bias[...] = bias.astype(self.gates.bias.dtype)

@@ -102,11 +102,13 @@ def main(argv):
         f"{a['bwd']['tokens_per_s'] / b['bwd']['tokens_per_s']:.2f}× (fwd+bwd) tokens/s; fwd+bwd peak RSS "
         f"{a['bwd']['warm_rss_mib'] / b['bwd']['warm_rss_mib']:.2f}× theirs after one call, "
         f"{a['bwd']['peak_rss_mib'] / b['bwd']['peak_rss_mib']:.2f}× after all calls")
-  versions = [f"torch {cell.get('torch', '?')}, titans-pytorch {cell.get('titans_pytorch', '?')}"
-              for cell in (results[name, int(_LENGTHS.value[0])]["fwd"] for name in theirs[:1])]
+  versions = ""
+  if theirs:
+    peer = results[theirs[0], int(_LENGTHS.value[0])]["fwd"]
+    versions = f"torch {peer.get('torch', '?')}, titans-pytorch {peer.get('titans_pytorch', '?')}"
   body = ("Width 256, 4 heads × 64, chunk 64, 2-layer MLP memory (expansion 4), batch 2, float32; each cell a "
           f"fresh process; medians of {_REPEATS.value} calls after warm-up, then medians over {_TRIALS.value} "
-          f"processes per cell run in rounds over the sides. {', '.join(versions)}\n\n" +
+          f"processes per cell run in rounds over the sides. {versions}\n\n" +
           common.markdown_table(["implementation", "semantics", "T", "fwd tok/s", "fwd+bwd tok/s",
                                  "fwd peak RSS MiB", "fwd+bwd peak RSS MiB after 1 call",
                                  "fwd+bwd peak RSS MiB"], rows) + "\n\n" + "\n".join(summary))
