@@ -6,14 +6,22 @@ memory, hand-derived backward) or ``mlp_math`` (mlp / gated_mlp, backward = vjp 
 into the kernel). Value rows of a linear memory are independent (row v of Φ only sees column v of the errors
 E = K Aᵀ − V), so it may tile V over programs with no communication; MLP memories use one program per head.
 
-What the forward saves for the backward: Φ_in (and S_in with momentum) at the start of every chunk, float32,
-[BH, n, m, n'] per weight matrix; the backward recomputes everything else (coefficients, factors, scores) per
-chunk. A primal call outside differentiation saves nothing. Gradients of q, k, γ and the gates are summed over
-value tiles outside the kernel (each tile writes its partial sum).
+The linear memory's state-free work (the coefficient matrices and the scores M_b = Λ_b ⊙ Q K_bᵀ) runs before
+the kernels, batched over every (head, chunk) in XLA (``linear_math.chunk_coefficients``), so no value tile
+repeats it and the loop holds only the products with the state; autodiff takes its cotangents from the
+backward kernel's dM_b, dλ, dψ, … back to q, k and the gates. The MLP kernels compute their coefficients per
+chunk inside the loop.
 
-Shapes (BH = batch·heads, T a multiple of C; ``ops.py`` prepares them):
-    q, k [BH, T, P] (φ applied), v [BH, T, V], gamma, ca, eta, ct [BH, T], sel [T],
-    weights, states: tuples of [BH, m, n] float32 (linear: W [V, P]; mlp: W1 [V, F], W2 [F, P][, W3 [F, P]]).
+What the forward saves for the backward: Φ_in (and S_in with momentum) at the start of every chunk, float32,
+[BH, n, m, n'] per weight matrix; the backward recomputes everything else per chunk. A primal call outside
+differentiation saves nothing. Gradients of the inputs that value tiles share are summed over tiles outside the
+kernel (each tile writes its partial sum).
+
+Kernel inputs (BH = batch·heads, T a multiple of C; ``ops.py`` prepares q … sel), by role ("rows": the chunk's
+rows; "pair": the chunk's rows and the previous chunk's; "shared": one [T] array for every program):
+    linear     q, k [BH, T, P], v [BH, T, V], m_c, m_p [BH, T, C], ᾱ, μ, θ̄, λ_c, λ_p, ψ_c, ψ_p [BH, T], sel [T]
+    mlp, gated q, k (φ applied), v, gamma, ca, eta, ct [BH, T], sel
+weights, states: tuples of [BH, m, n] float32 (linear: W [V, P]; mlp: W1 [V, F], W2 [F, P][, W3 [F, P]]).
 """
 
 from __future__ import annotations
@@ -28,9 +36,13 @@ from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.omega_chunk import linear_math, mlp_math
 from pallas_kernels.omega_chunk.chunk_common import Chunk, dot_precision
+from pallas_kernels.omega_chunk.linear_math import LinearChunk
 
 KINDS = ("linear", "mlp", "gated_mlp")
-_INPUTS = 8  # q, k, v, gamma, ca, eta, ct, sel
+# Roles of the kernels' inputs, in the order of the per-chunk NamedTuple's fields (a "pair" fills two fields).
+_LINEAR_ROLES = ("rows", "pair", "pair") + ("rows",) * len(linear_math.COEFFICIENT_FIELDS) + ("shared",)
+_MLP_ROLES = ("rows", "pair", "pair", "pair", "rows", "rows", "rows", "shared")  # q, k, v, gamma, ca, eta, ct, sel
+_VALUE_INPUT = 2  # v: the one input tiled by value rows
 
 # Triton's float32 dot variants (H200 measurements: BENCHMARKS.md, GPU):
 #   tf32    one TF32 tensor-core pass (10-bit mantissa products; the precision XLA uses for float32 matmuls on
@@ -78,6 +90,14 @@ class _Static:
     return self.kind == "linear"
 
   @property
+  def roles(self):
+    return _LINEAR_ROLES if self.kind == "linear" else _MLP_ROLES
+
+  @property
+  def chunk_type(self):
+    return LinearChunk if self.kind == "linear" else Chunk
+
+  @property
   def precision(self):
     """Matmul precision of the chunk math: exact float32 interpreted, ``block.dot`` in Triton."""
     return jax.lax.Precision.HIGHEST if self.interpret else TRITON_DOTS[self.block.dot]
@@ -90,41 +110,55 @@ class _Static:
     with dot_precision(self.precision):
       return self._backward(x, weights, states, dy, dweights, dstates)
 
-  def _forward(self, x: Chunk, weights, states):
+  def _forward(self, x, weights, states):
     if self.kind == "linear":
-      y, w, s = linear_math.chunk_forward(x, weights[0], states[0], window=self.window, momentum=self.momentum,
-                                          bias=self.bias)
+      y, w, s = linear_math.chunk_forward(x, weights[0], states[0], momentum=self.momentum, bias=self.bias)
       return y, (w,), (s,)
     return mlp_math.chunk_forward(x, weights, states, kind=self.kind, window=self.window, momentum=self.momentum,
                                   bias=self.bias)
 
-  def _backward(self, x: Chunk, weights, states, dy, dweights, dstates):
+  def _backward(self, x, weights, states, dy, dweights, dstates):
     if self.kind == "linear":
       g, dw, ds = linear_math.chunk_backward(x, weights[0], states[0], dy, dweights[0], dstates[0],
-                                             window=self.window, momentum=self.momentum, bias=self.bias)
+                                             momentum=self.momentum, bias=self.bias)
       return g, (dw,), (ds,)
     return mlp_math.chunk_backward(x, weights, states, dy, dweights, dstates, kind=self.kind, window=self.window,
                                    momentum=self.momentum, bias=self.bias)
 
 
-def _load_chunk(refs, j, chunk) -> Chunk:
-  """Chunk j's tiles, with the previous chunk's slot rows (zeros for j = 0), upcast to float32."""
-  q_ref, k_ref, v_ref, gamma_ref, ca_ref, eta_ref, ct_ref, sel_ref = refs
+def _rows(ref, rows):
+  """ref's rows `rows` (all trailing columns)."""
+  return ref[rows] if len(ref.shape) == 1 else ref[rows, :]
+
+
+def _store(ref, rows, value):
+  if len(ref.shape) == 1:
+    ref[rows] = value.astype(ref.dtype)
+  else:
+    ref[rows, :] = value.astype(ref.dtype)
+
+
+def _load_chunk(refs, static: _Static, j):
+  """Chunk j's tiles as ``static.chunk_type``, "pair" inputs with the previous chunk's rows too (zeros for
+  j = 0), upcast to float32."""
+  chunk = static.chunk
   rows = pl.ds(j * chunk, chunk)
   prev = pl.ds(jnp.maximum(j - 1, 0) * chunk, chunk)
   keep = jnp.minimum(j, 1).astype(jnp.float32)  # zeros before the first chunk
-  f32 = lambda x: x.astype(jnp.float32)
-  return Chunk(q=f32(q_ref[rows, :]), kc=f32(k_ref[rows, :]), kp=f32(k_ref[prev, :]) * keep,  # [C, P]
-               vc=f32(v_ref[rows, :]), vp=f32(v_ref[prev, :]) * keep,  # [C, BV]
-               gc=f32(gamma_ref[rows]), gp=f32(gamma_ref[prev]) * keep,  # [C]
-               ca=f32(ca_ref[rows]), eta=f32(eta_ref[rows]), ct=f32(ct_ref[rows]), sel=f32(sel_ref[rows]))
+  fields = []
+  for ref, role in zip(refs, static.roles):
+    fields.append(_rows(ref, rows).astype(jnp.float32))
+    if role == "pair":
+      fields.append(_rows(ref, prev).astype(jnp.float32) * keep)
+  return static.chunk_type(*fields)
 
 
 def _forward_kernel(*refs, static: _Static, num_weights: int, save_states: bool):
   nw = num_weights
-  input_refs = refs[:_INPUTS]
-  w0_refs, s0_refs = refs[_INPUTS:_INPUTS + nw], refs[_INPUTS + nw:_INPUTS + 2 * nw]  # [m, n] each (BV rows)
-  out_refs = refs[_INPUTS + 2 * nw:]
+  ni = len(static.roles)
+  input_refs = refs[:ni]
+  w0_refs, s0_refs = refs[ni:ni + nw], refs[ni + nw:ni + 2 * nw]  # [m, n] each (BV rows)
+  out_refs = refs[ni + 2 * nw:]
   y_ref = out_refs[0]  # [T, BV]
   w_out_refs, s_out_refs, anchor_refs = (out_refs[1 + i * nw:1 + (i + 1) * nw] for i in range(3))
   saved_refs = out_refs[1 + 3 * nw:]  # [n, m, n']: Φ_in per chunk (then S_in per chunk with momentum)
@@ -137,7 +171,7 @@ def _forward_kernel(*refs, static: _Static, num_weights: int, save_states: bool)
         saved_refs[i][j] = weights[i]
         if static.momentum:
           saved_refs[nw + i][j] = states[i]
-    y, weights, states = static.forward(_load_chunk(input_refs, j, chunk), weights, states)
+    y, weights, states = static.forward(_load_chunk(input_refs, static, j), weights, states)
     y_ref[pl.ds(j * chunk, chunk), :] = y.astype(y_ref.dtype)  # [C, BV]
     return weights, states
 
@@ -152,43 +186,44 @@ def _forward_kernel(*refs, static: _Static, num_weights: int, save_states: bool)
 
 def _backward_kernel(*refs, static: _Static, num_weights: int):
   nw = num_weights
-  input_refs = refs[:_INPUTS]
-  w_saved_refs, s_saved_refs = refs[_INPUTS:_INPUTS + nw], refs[_INPUTS + nw:_INPUTS + 2 * nw]  # [n, m, n']
-  dy_ref = refs[_INPUTS + 2 * nw]  # [T, BV]
+  roles = static.roles
+  ni = len(roles)
+  input_refs = refs[:ni]
+  w_saved_refs, s_saved_refs = refs[ni:ni + nw], refs[ni + nw:ni + 2 * nw]  # [n, m, n']
+  dy_ref = refs[ni + 2 * nw]  # [T, BV]
   dw_out_refs, ds_out_refs, d_anchor_refs = (
-      refs[_INPUTS + 2 * nw + 1 + i * nw:_INPUTS + 2 * nw + 1 + (i + 1) * nw] for i in range(3))  # [m, n']
-  out_refs = refs[_INPUTS + 5 * nw + 1:]
-  dq_ref, dk_ref, dv_ref, dgamma_ref, dca_ref, deta_ref, dct_ref = out_refs[:7]  # [T, P] ×2, [T, BV], [T] ×4
-  dw0_refs, ds0_refs = out_refs[7:7 + nw], out_refs[7 + nw:]
+      refs[ni + 2 * nw + 1 + i * nw:ni + 2 * nw + 1 + (i + 1) * nw] for i in range(3))  # [m, n']
+  out_refs = refs[ni + 5 * nw + 1:]
+  grads_refs = out_refs[:-2 * nw]  # one per input but sel, shaped like it (a value tile, or this tile's partial)
+  dw0_refs, ds0_refs = out_refs[-2 * nw:-nw], out_refs[-nw:]
   chunk = static.chunk
   n = dy_ref.shape[0] // chunk
   is_last = lambda j: jnp.maximum(j - (n - 2), 0).astype(jnp.float32)  # 1 for j = n − 1, else 0
 
   def body(i, carry):
     j = n - 1 - i
-    dweights, dstates, pend_k, pend_v, pend_g = carry
+    dweights, dstates, pending = carry
     weights = tuple(r[j] for r in w_saved_refs)
     states = (tuple(r[j] for r in s_saved_refs) if static.momentum
               else tuple(jnp.zeros_like(w) for w in weights))
     rows = pl.ds(j * chunk, chunk)
-    g, dweights, dstates = static.backward(_load_chunk(input_refs, j, chunk), weights, states,
+    g, dweights, dstates = static.backward(_load_chunk(input_refs, static, j), weights, states,
                                            dy_ref[rows, :].astype(jnp.float32), dweights, dstates)
     # The anchor output is Φ_in of the last chunk.
     dweights = tuple(dw + is_last(j) * r[...] for dw, r in zip(dweights, d_anchor_refs))
-    dq_ref[rows, :] = g.q
-    dk_ref[rows, :] = g.kc + pend_k  # the next chunk's carried slots are this chunk's rows
-    dv_ref[rows, :] = (g.vc + pend_v).astype(dv_ref.dtype)
-    dgamma_ref[rows] = g.gc + pend_g
-    dca_ref[rows] = g.ca
-    deta_ref[rows] = g.eta
-    dct_ref[rows] = g.ct
-    return dweights, dstates, g.kp, g.vp, g.gp
+    fields, pend, new_pending = iter(g), iter(pending), []
+    for ref, role in zip(grads_refs, roles):
+      d = next(fields)
+      if role == "pair":  # the next chunk's previous-slot cotangents belong to this chunk's rows
+        d = d + next(pend)
+        new_pending.append(next(fields))
+      _store(ref, rows, d)
+    return dweights, dstates, tuple(new_pending)
 
-  p, bv = dq_ref.shape[1], dv_ref.shape[1]
-  zeros = lambda *shape: jnp.zeros(shape, jnp.float32)
-  init = (tuple(r[...] for r in dw_out_refs), tuple(r[...] for r in ds_out_refs), zeros(chunk, p),
-          zeros(chunk, bv), zeros(chunk))
-  dweights, dstates, *_ = jax.lax.fori_loop(0, n, body, init)
+  pairs = [ref for ref, role in zip(grads_refs, roles) if role == "pair"]
+  init = (tuple(r[...] for r in dw_out_refs), tuple(r[...] for r in ds_out_refs),
+          tuple(jnp.zeros((chunk,) + ref.shape[1:], jnp.float32) for ref in pairs))
+  dweights, dstates, _ = jax.lax.fori_loop(0, n, body, init)
   for ref, d in zip(dw0_refs + ds0_refs, dweights + dstates):
     ref[...] = d
 
@@ -231,12 +266,15 @@ def _check(q, k, v, gates, sel, weights, states, static: _Static):
     raise ValueError(f"omega_chunk: block_sizes.dot={static.block.dot!r}; expected one of {tuple(TRITON_DOTS)}.")
 
 
-def _input_specs(static: _Static, length: int, p: int):
-  """BlockSpecs of (q, k, v, gamma, ca, eta, ct, sel): whole sequences per program; v takes its value tile."""
-  rows_p = pl.BlockSpec((None, length, p), lambda b, vt: (b, 0, 0))
-  gate = pl.BlockSpec((None, length), lambda b, vt: (b, 0))
-  return [rows_p, rows_p, _value_rows(static, length), gate, gate, gate, gate,
-          pl.BlockSpec((length,), lambda b, vt: (0,))]
+def _input_specs(inputs, static: _Static):
+  """BlockSpecs of the kernel inputs: whole sequences per program; v takes its value tile; sel is shared."""
+  def spec(i, x):
+    if i == _VALUE_INPUT:
+      return _value_rows(static, x.shape[1])
+    if x.ndim == 1:
+      return pl.BlockSpec(x.shape, lambda b, vt: (0,))
+    return pl.BlockSpec((None,) + x.shape[1:], lambda b, vt: (b,) + (0,) * (x.ndim - 1))
+  return [spec(i, x) for i, x in enumerate(inputs)]
 
 
 def _value_rows(static: _Static, length: int):
@@ -259,8 +297,8 @@ def _call(kernel, out_shape, in_specs, out_specs, grid, static: _Static):
 
 def _forward(inputs, weights, states, static: _Static, save_states: bool):
   """(y, Φ_out…, S_out…, anchor…[, Φ_in per chunk…[, S_in per chunk…]])."""
-  q, v = inputs[0], inputs[2]
-  bh, length, p = q.shape
+  q, v = inputs[0], inputs[_VALUE_INPUT]
+  bh, length = q.shape[:2]
   n = length // static.chunk
   f32 = jnp.float32
   y_dtype = f32 if q.dtype == jnp.float64 else q.dtype
@@ -274,7 +312,7 @@ def _forward(inputs, weights, states, static: _Static, save_states: bool):
       out_specs += [_matrix_spec(static, w.shape, n) for w in weights]
   kernel = functools.partial(_forward_kernel, static=static, num_weights=len(weights), save_states=save_states)
   grid = (bh, v.shape[-1] // static.block.value)
-  return _call(kernel, out_shape, _input_specs(static, length, p) + specs * 2, out_specs, grid, static)(
+  return _call(kernel, out_shape, _input_specs(inputs, static) + specs * 2, out_specs, grid, static)(
       *inputs, *weights, *states)
 
 
@@ -299,8 +337,8 @@ def _omega_chunk_fwd(inputs, weights, states, static: _Static):
 def _omega_chunk_bwd(static: _Static, residuals, cotangents):
   inputs, saved_w, saved_s = residuals
   dy, dweights, dstates, d_anchor = cotangents
-  q, v = inputs[0], inputs[2]
-  bh, length, p = q.shape
+  v = inputs[_VALUE_INPUT]
+  bh, length = v.shape[:2]
   n = length // static.chunk
   nw = len(saved_w)
   tiles = v.shape[-1] // static.block.value
@@ -312,22 +350,25 @@ def _omega_chunk_bwd(static: _Static, residuals, cotangents):
     s_specs = [_matrix_spec(static, w.shape[:1] + w.shape[2:], n) for w in saved_w]
   shapes = [w.shape[:1] + w.shape[2:] for w in saved_w]
   specs = [_matrix_spec(static, s) for s in shapes]
-  in_specs = (_input_specs(static, length, p) + [_matrix_spec(static, s, n) for s in shapes] + s_specs
+  in_specs = (_input_specs(inputs, static) + [_matrix_spec(static, s, n) for s in shapes] + s_specs
               + [_value_rows(static, length)] + specs * 3)
-  partial_rows = pl.BlockSpec((None, None, length, p), lambda b, vt: (b, vt, 0, 0))
-  partial_gate = pl.BlockSpec((None, None, length), lambda b, vt: (b, vt, 0))
-  out_shape = ([jax.ShapeDtypeStruct((bh, tiles, length, p), f32)] * 2 + [jax.ShapeDtypeStruct(v.shape, f32)]
-               + [jax.ShapeDtypeStruct((bh, tiles, length), f32)] * 4 + [jax.ShapeDtypeStruct(s, f32) for s in shapes] * 2)
-  out_specs = [partial_rows] * 2 + [_value_rows(static, length)] + [partial_gate] * 4 + specs * 2
+  # One gradient per differentiable input (all but sel): v's value tile, else this tile's partial sum.
+  grad_shapes, grad_specs = [], []
+  for i, x in enumerate(inputs[:-1]):
+    if i == _VALUE_INPUT:
+      grad_shapes.append(jax.ShapeDtypeStruct(x.shape, f32))
+      grad_specs.append(_value_rows(static, length))
+    else:
+      grad_shapes.append(jax.ShapeDtypeStruct((bh, tiles) + x.shape[1:], f32))
+      grad_specs.append(pl.BlockSpec((None, None) + x.shape[1:], lambda b, vt, r=x.ndim - 1: (b, vt) + (0,) * r))
+  out_shape = grad_shapes + [jax.ShapeDtypeStruct(s, f32) for s in shapes] * 2
   kernel = functools.partial(_backward_kernel, static=static, num_weights=nw)
   as_f32 = lambda xs: tuple(x.astype(f32) for x in xs)
-  outs = _call(kernel, out_shape, in_specs, out_specs, (bh, tiles), static)(
+  outs = _call(kernel, out_shape, in_specs, grad_specs + specs * 2, (bh, tiles), static)(
       *inputs, *saved_w, *saved_s, dy, *as_f32(dweights), *as_f32(dstates), *as_f32(d_anchor))
-  total = lambda x: jnp.sum(x, axis=1)  # partial sums over value tiles
-  dq, dk, dv, dgamma, dca, deta, dct = outs[:7]
-  grads = (total(dq), total(dk), dv, total(dgamma), total(dca), total(deta), total(dct), None)
-  d_inputs = tuple(jnp.zeros_like(x) if g is None else g.astype(x.dtype) for g, x in zip(grads, inputs))
-  return d_inputs, tuple(outs[7:7 + nw]), tuple(outs[7 + nw:])
+  grads = [g if i == _VALUE_INPUT else jnp.sum(g, axis=1) for i, g in enumerate(outs[:len(inputs) - 1])]
+  d_inputs = tuple(g.astype(x.dtype) for g, x in zip(grads, inputs)) + (jnp.zeros_like(inputs[-1]),)
+  return d_inputs, tuple(outs[-2 * nw:-nw]), tuple(outs[-nw:])
 
 
 _omega_chunk.defvjp(_omega_chunk_fwd, _omega_chunk_bwd)
@@ -351,4 +392,25 @@ def omega_chunk(q, k, v, gamma, ca, eta, ct, sel, weights, states, *, kind: str,
   block = block_sizes or BlockSizes.get_default(kind, v.shape[-1], q.shape[-1])
   static = _Static(kind, chunk, window, momentum, bias, block, interpret, debug)
   _check(q, k, v, (gamma, ca, eta, ct), sel, weights, states, static)
-  return _omega_chunk((q, k, v, gamma, ca, eta, ct, sel), weights, states, static)
+  if kind == "linear":
+    inputs = (q, k, v) + _linear_coefficients(q, k, gamma, ca, eta, ct, sel, static) + (sel,)
+  else:
+    inputs = (q, k, v, gamma, ca, eta, ct, sel)
+  return _omega_chunk(inputs, weights, states, static)
+
+
+def _linear_coefficients(q, k, gamma, ca, eta, ct, sel, static: _Static):
+  """``linear_math.chunk_coefficients`` of every (head, chunk) at once → (m_c, m_p [BH, T, C], ᾱ, μ, θ̄, λ_c,
+  λ_p, ψ_c, ψ_p [BH, T]), at the kernels' matmul precision."""
+  bh, length, _ = q.shape
+  chunk = static.chunk
+  f32 = jnp.float32
+  blocks = lambda x: x.astype(f32).reshape((bh, length // chunk, chunk) + x.shape[2:])
+  previous = lambda x: jnp.pad(x[:, :-1], [(0, 0), (1, 0)] + [(0, 0)] * (x.ndim - 2))  # zeros before the start
+  kb, gb = blocks(k), blocks(gamma)
+  x = Chunk(q=blocks(q), kc=kb, kp=previous(kb), vc=None, vp=None, gc=gb, gp=previous(gb), ca=blocks(ca),
+            eta=blocks(eta), ct=blocks(ct), sel=blocks(jnp.broadcast_to(sel, (bh, length))))
+  per_chunk = functools.partial(linear_math.chunk_coefficients, window=static.window, momentum=static.momentum)
+  with dot_precision(static.precision):
+    out = jax.vmap(jax.vmap(per_chunk))(x)
+  return tuple(c.reshape((bh, length) + c.shape[3:]) for c in out)

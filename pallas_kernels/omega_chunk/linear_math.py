@@ -1,127 +1,132 @@
-"""One chunk of the linear Omega-rule memory, forward and hand-derived backward, in kernel-safe jax.numpy.
+"""One chunk of the linear Omega-rule memory, split into a state-free part and a state step.
 
-These functions are the bodies of the Pallas kernels in ``kernel.py`` (called per chunk inside the kernels'
-sequential loop) and of the plain-JAX scan in ``reference.py``. They use only 2-D matmuls, elementwise math,
-iotas and axis reductions — no slicing of values, no concatenation, no cumulative sums — so the same code
-lowers to Triton and runs in interpret mode. All math is float32.
+The linear memory's coefficient work does not depend on the fast weights: the matrices Λ_b, Ψ_b (C³ products of
+gate terms) and the scores Q K_bᵀ. ``chunk_coefficients`` computes them, and the kernels' wrapper runs it for
+every (head, chunk) at once, in parallel and outside the sequential loop; JAX's autodiff carries their
+cotangents back to q, k and the gates. The kernels' loop runs only ``chunk_forward`` / ``chunk_backward``: the
+products with the state, O(C·P·BV) per value tile, with a hand-derived backward. All in kernel-safe jax.numpy
+(2-D matmuls, elementwise math, iotas, axis reductions: no slicing of values, no cumulative sums), so the same
+code lowers to Triton and runs in interpret mode. All math is float32.
 
 Notation (CHUNKED.md §C.0–§C.5; inputs and coefficients in ``chunk_common``), one head and one tile of BV value
-rows: A, S [BV, P] are Φ_in (the chunk's anchor) and S_in; values v are minus r(k) for residual l2 memories.
+rows: A, S [BV, P] are Φ_in (the chunk's anchor) and S_in; values v are minus r(k) for residual l2 memories;
+l is the row ``sel`` marks (the chunk's last valid row).
 
-    E = K Aᵀ − V (l2) or −V (dot)                                                     (errors at the anchor, §C.1)
-    Y     = diag(ᾱ) Q Aᵀ − diag(μ) Q Sᵀ − Σ_{b∈{c,p}} (Λ_b ⊙ Q K_bᵀ) E_b             (§C.5)
-    Φ_out = ᾱ_l A − μ_l S − Σ_b E_bᵀ diag(Λ_b[l]) K_b,   S_out = θ̄_l S + Σ_b E_bᵀ diag(Ψ_b[l]) K_b
-
-where l is the row ``sel`` marks (the chunk's last valid row).
+    M_b = Λ_b ⊙ Q K_bᵀ [C, C],  λ_b = Λ_b[l],  ψ_b = Ψ_b[l] [C]   (b ∈ {c, p}: the chunk's and the previous slots)
+    E_b = K_b Aᵀ − V_b (l2) or −V_b (dot)                                                (errors at the anchor, §C.1)
+    Y     = diag(ᾱ) Q Aᵀ − diag(μ) Q Sᵀ − Σ_b M_b E_b                                                        (§C.5)
+    Φ_out = ᾱ_l A − μ_l S − Σ_b E_bᵀ diag(λ_b) K_b,   S_out = θ̄_l S + Σ_b E_bᵀ diag(ψ_b) K_b
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import jax
 import jax.numpy as jnp
 
 from pallas_kernels.omega_chunk.chunk_common import Chunk, at, coefficients, mm, mm_nt, mm_tn, row
 
 
-def _errors(x: Chunk, a, bias: str):
+class LinearChunk(NamedTuple):
+  """What the state step of one chunk reads (one head, one value tile), float32.
+
+  q, kc, kp [C, P] and vc, vp [C, BV] as in ``Chunk``; m_c, m_p [C, C] the masked, weighted scores M_b; over rows
+  t: alpha_bar ᾱ, mu μ, theta_bar θ̄ [C]; over slots: lam_c, lam_p, psi_c, psi_p [C] (row l of Λ_b, Ψ_b); sel [C].
+  """
+  q: jax.Array
+  kc: jax.Array
+  kp: jax.Array
+  vc: jax.Array
+  vp: jax.Array
+  m_c: jax.Array
+  m_p: jax.Array
+  alpha_bar: jax.Array
+  mu: jax.Array
+  theta_bar: jax.Array
+  lam_c: jax.Array
+  lam_p: jax.Array
+  psi_c: jax.Array
+  psi_p: jax.Array
+  sel: jax.Array
+
+
+# The order of LinearChunk's fields after (q, kc, kp, vc, vp): what ``chunk_coefficients`` returns.
+COEFFICIENT_FIELDS = LinearChunk._fields[5:-1]
+
+
+def chunk_coefficients(x: Chunk, window: int, momentum: bool):
+  """(m_c, m_p, ᾱ, μ, θ̄, λ_c, λ_p, ψ_c, ψ_p) of one chunk; reads q, kc, kp, gc, gp, ca, eta, ct, sel of x."""
+  co = coefficients(x, window, momentum)
+  return (co.lam_c * mm_nt(x.q, x.kc), co.lam_p * mm_nt(x.q, x.kp), co.alpha_bar, co.mu, co.theta_bar,
+          row(x.sel, co.lam_c), row(x.sel, co.lam_p), row(x.sel, co.psi_c), row(x.sel, co.psi_p))
+
+
+def prepare(x: Chunk, window: int, momentum: bool) -> LinearChunk:
+  """The LinearChunk of one chunk (the reference's per-chunk path; the kernels batch `chunk_coefficients`)."""
+  return LinearChunk(x.q, x.kc, x.kp, x.vc, x.vp, *chunk_coefficients(x, window, momentum), x.sel)
+
+
+def _errors(x: LinearChunk, a, bias: str):
   """E_c, E_p [C, BV]: ∂ℓ/∂M at the anchor, e = A φ(k) − v (l2) or −v (dot)."""
   if bias == "dot":
     return -x.vc, -x.vp
   return mm_nt(x.kc, a) - x.vc, mm_nt(x.kp, a) - x.vp
 
 
-def chunk_forward(x: Chunk, a, s, *, window: int, momentum: bool, bias: str):
+def chunk_forward(x: LinearChunk, a, s, *, momentum: bool, bias: str):
   """(Y [C, BV], Φ_out [BV, P], S_out [BV, P]) of one chunk from Φ_in = A and S_in = S."""
-  co = coefficients(x, window, momentum)
   e_c, e_p = _errors(x, a, bias)
-  mix = mm(co.lam_c * mm_nt(x.q, x.kc), e_c) + mm(co.lam_p * mm_nt(x.q, x.kp), e_p)
-  y = co.alpha_bar[:, None] * mm_nt(x.q, a) - mix
+  y = x.alpha_bar[:, None] * mm_nt(x.q, a) - mm(x.m_c, e_c) - mm(x.m_p, e_p)
+  w_out = at(x.sel, x.alpha_bar) * a - mm_tn(e_c * x.lam_c[:, None], x.kc) - mm_tn(e_p * x.lam_p[:, None], x.kp)
+  s_out = mm_tn(e_c * x.psi_c[:, None], x.kc) + mm_tn(e_p * x.psi_p[:, None], x.kp)
   if momentum:
-    y = y - co.mu[:, None] * mm_nt(x.q, s)
-  lam_c, lam_p = row(x.sel, co.lam_c), row(x.sel, co.lam_p)
-  psi_c, psi_p = row(x.sel, co.psi_c), row(x.sel, co.psi_p)
-  w_out = (at(x.sel, co.alpha_bar) * a - mm_tn(e_c * lam_c[:, None], x.kc)
-           - mm_tn(e_p * lam_p[:, None], x.kp))
-  s_out = mm_tn(e_c * psi_c[:, None], x.kc) + mm_tn(e_p * psi_p[:, None], x.kp)
-  if momentum:
-    w_out = w_out - at(x.sel, co.mu) * s
-    s_out = s_out + at(x.sel, co.theta_bar) * s
+    y = y - x.mu[:, None] * mm_nt(x.q, s)
+    w_out = w_out - at(x.sel, x.mu) * s
+    s_out = s_out + at(x.sel, x.theta_bar) * s
   return y, w_out, s_out
 
 
-def chunk_backward(x: Chunk, a, s, dy, dw, ds, *, window: int, momentum: bool, bias: str):
-  """Reverse-mode step of `chunk_forward`: given dY, dΦ_out, dS_out → (cotangents as a Chunk, dA, dS).
+def chunk_backward(x: LinearChunk, a, s, dy, dw, ds, *, momentum: bool, bias: str):
+  """Reverse-mode step of `chunk_forward`: given dY, dΦ_out, dS_out → (cotangents as a LinearChunk, dA, dS).
 
-  Derivation (read off the forward formulas; M_b = Λ_b ⊙ Q K_bᵀ, l the selected row):
-    dM_b = −dY E_bᵀ,  dΛ_b = dM_b ⊙ Q K_bᵀ (+ row l: −rowdot(E_b dΦ, K_b)),  d(QK_bᵀ) = dM_b ⊙ Λ_b
-    dE_b = −M_bᵀ dY − diag(Λ_b[l]) K_b dΦᵀ + diag(Ψ_b[l]) K_b dSᵀ;   dV_b = −dE_b;   dA += dE_bᵀ K_b (l2)
-    dΨ_b = (Dᵅ diag η)ᵀ dΛ_b (+ row l: rowdot(E_b dS, K_b));   dΓγ_b = Dᶿᵀ dΨ_b;   dγ_b = colsum(dΓγ_b ⊙ Γ_b)
-    d(Dᵅ diag η) = Σ_b dΛ_b Ψ_bᵀ + dμ θ̄ᵀ;   dη = colsum(· ⊙ Dᵅ);   dDᶿ = Σ_b dΨ_b Γγ_bᵀ
-    D = exp(c_t − c_τ): dc = rowsum(dD ⊙ D) − colsum(dD ⊙ D) (+ dᾱ ⊙ ᾱ for the cumulative product)
+  Read off the forward formulas (U = Q Aᵀ, Z = Q Sᵀ; row vectors broadcast over BV):
+    dᾱ = rowsum(dY ⊙ U) + sel ⟨dΦ, A⟩,  dμ = −rowsum(dY ⊙ Z) − sel ⟨dΦ, S⟩,  dθ̄ = sel ⟨dS, S⟩
+    dQ = diag(ᾱ) dY A − diag(μ) dY S,  dA = (diag(ᾱ) dY)ᵀ Q + ᾱ_l dΦ,  dS_in = −(diag(μ) dY)ᵀ Q − μ_l dΦ + θ̄_l dS
+    dM_b = −dY E_bᵀ,  dE_b = −M_bᵀ dY − diag(λ_b) K_b dΦᵀ + diag(ψ_b) K_b dSᵀ
+    dλ_b = −rowsum(E_b ⊙ K_b dΦᵀ),  dψ_b = rowsum(E_b ⊙ K_b dSᵀ),  dK_b = −diag(λ_b) E_b dΦ + diag(ψ_b) E_b dS
+    l2: dK_b += dE_b A,  dA += dE_bᵀ K_b;   dV_b = −dE_b
   """
-  co = coefficients(x, window, momentum)
   e_c, e_p = _errors(x, a, bias)
   sel = x.sel
-  score_c, score_p = mm_nt(x.q, x.kc), mm_nt(x.q, x.kp)
-  m_c, m_p = co.lam_c * score_c, co.lam_p * score_p
-  lam_c, lam_p = row(sel, co.lam_c), row(sel, co.lam_p)
-  psi_c, psi_p = row(sel, co.psi_c), row(sel, co.psi_p)
-
-  # Y = diag(ᾱ) Q Aᵀ − diag(μ) Q Sᵀ − Σ_b M_b E_b
-  dy_alpha = co.alpha_bar[:, None] * dy
+  dy_alpha = x.alpha_bar[:, None] * dy
   d_alpha_bar = jnp.sum(dy * mm_nt(x.q, a), axis=1) + sel * jnp.sum(dw * a)
   dq = mm(dy_alpha, a)
-  da = mm_tn(dy_alpha, x.q) + at(sel, co.alpha_bar) * dw
+  da = mm_tn(dy_alpha, x.q) + at(sel, x.alpha_bar) * dw
   if momentum:
-    dy_mu = co.mu[:, None] * dy
+    dy_mu = x.mu[:, None] * dy
     d_mu = -jnp.sum(dy * mm_nt(x.q, s), axis=1) - sel * jnp.sum(dw * s)
     d_theta_bar = sel * jnp.sum(ds * s)
     dq = dq - mm(dy_mu, s)
-    ds_in = -mm_tn(dy_mu, x.q) - at(sel, co.mu) * dw + at(sel, co.theta_bar) * ds
+    ds_in = -mm_tn(dy_mu, x.q) - at(sel, x.mu) * dw + at(sel, x.theta_bar) * ds
   else:
+    d_mu = d_theta_bar = jnp.zeros_like(x.mu)
     ds_in = jnp.zeros_like(s)
 
-  def block(m, score, lam_coef, e, k, lam_l, psi_l):
-    """Cotangents through one slot block b: (dΛ_b, dΨ_b (direct part), d(QK_bᵀ), dE_b, dK_b (direct))."""
-    dm = -mm_nt(dy, e)
-    e_dw = mm(e, dw)  # [C, P]
-    e_ds = mm(e, ds)
-    d_lam = dm * score + sel[:, None] * (-jnp.sum(e_dw * k, axis=1))[None, :]
-    d_psi_direct = sel[:, None] * jnp.sum(e_ds * k, axis=1)[None, :]
-    d_score = dm * lam_coef
-    de = -mm_tn(m, dy) - lam_l[:, None] * mm_nt(k, dw) + psi_l[:, None] * mm_nt(k, ds)
-    dk = -lam_l[:, None] * e_dw + psi_l[:, None] * e_ds
-    return d_lam, d_psi_direct, d_score, de, dk
+  def block(m, e, k, lam, psi):
+    """(dM_b, dE_b, dK_b (direct), dλ_b, dψ_b) through one slot block."""
+    k_dw, k_ds = mm_nt(k, dw), mm_nt(k, ds)  # [C, BV]
+    de = -mm_tn(m, dy) - lam[:, None] * k_dw + psi[:, None] * k_ds
+    dk = -lam[:, None] * mm(e, dw) + psi[:, None] * mm(e, ds)
+    return -mm_nt(dy, e), de, dk, -jnp.sum(e * k_dw, axis=1), jnp.sum(e * k_ds, axis=1)
 
-  dlam_c, dpsi_c, dscore_c, de_c, dk_c = block(m_c, score_c, co.lam_c, e_c, x.kc, lam_c, psi_c)
-  dlam_p, dpsi_p, dscore_p, de_p, dk_p = block(m_p, score_p, co.lam_p, e_p, x.kp, lam_p, psi_p)
-  dq = dq + mm(dscore_c, x.kc) + mm(dscore_p, x.kp)
-  dk_c = dk_c + mm_tn(dscore_c, x.q)
-  dk_p = dk_p + mm_tn(dscore_p, x.q)
+  dm_c, de_c, dk_c, dlam_c, dpsi_c = block(x.m_c, e_c, x.kc, x.lam_c, x.psi_c)
+  dm_p, de_p, dk_p, dlam_p, dpsi_p = block(x.m_p, e_p, x.kp, x.lam_p, x.psi_p)
   if bias == "l2":
     dk_c = dk_c + mm(de_c, a)
     dk_p = dk_p + mm(de_p, a)
     da = da + mm_tn(de_c, x.kc) + mm_tn(de_p, x.kp)
-
-  # Λ_b = Dᵅ diag(η) Ψ_b,  μ = Dᵅ diag(η) θ̄
-  d_dah = mm_nt(dlam_c, co.psi_c) + mm_nt(dlam_p, co.psi_p)
-  dpsi_c = dpsi_c + mm_tn(co.dah, dlam_c)
-  dpsi_p = dpsi_p + mm_tn(co.dah, dlam_p)
-  if momentum:
-    d_dah = d_dah + d_mu[:, None] * co.theta_bar[None, :]
-    d_theta_bar = d_theta_bar + jnp.sum(co.dah * d_mu[:, None], axis=0)
-    # Ψ_b = Dᶿ Γγ_b
-    gam_c, gam_p = co.band_c * x.gc[None, :], co.band_p * x.gp[None, :]
-    d_dtheta = mm_nt(dpsi_c, gam_c) + mm_nt(dpsi_p, gam_p)
-    dgam_c, dgam_p = mm_tn(co.d_theta, dpsi_c), mm_tn(co.d_theta, dpsi_p)
-    xt = d_dtheta * co.d_theta
-    dct = jnp.sum(xt, axis=1) - jnp.sum(xt, axis=0) + d_theta_bar * co.theta_bar
-  else:
-    dgam_c, dgam_p = dpsi_c, dpsi_p
-    dct = jnp.zeros_like(x.ct)
-  deta = jnp.sum(d_dah * co.d_alpha, axis=0)
-  xa = d_dah * x.eta[None, :] * co.d_alpha
-  dca = jnp.sum(xa, axis=1) - jnp.sum(xa, axis=0) + d_alpha_bar * co.alpha_bar
-  grads = Chunk(q=dq, kc=dk_c, kp=dk_p, vc=-de_c, vp=-de_p,
-                     gc=jnp.sum(dgam_c * co.band_c, axis=0), gp=jnp.sum(dgam_p * co.band_p, axis=0),
-                     ca=dca, eta=deta, ct=dct, sel=None)
+  grads = LinearChunk(q=dq, kc=dk_c, kp=dk_p, vc=-de_c, vp=-de_p, m_c=dm_c, m_p=dm_p, alpha_bar=d_alpha_bar,
+                      mu=d_mu, theta_bar=d_theta_bar, lam_c=dlam_c, lam_p=dlam_p, psi_c=dpsi_c, psi_p=dpsi_p,
+                      sel=None)
   return grads, da, ds_in
