@@ -128,6 +128,17 @@ def coefficients(x: Chunk, window: int, momentum: bool) -> Coefficients:
                        mm(dah, psi_c), mm(dah, psi_p), mu)
 
 
+def step_coefficients(x: Chunk, window: int, momentum: bool, matrices: bool = False):
+  """The state-free part of one chunk: (M_c, M_p, ᾱ, μ, θ̄, λ_c, λ_p, ψ_c, ψ_p[, Λ_c, Λ_p]) with the scores
+  M_b = Λ_b ⊙ Q K_bᵀ [C, C] and λ_b = Λ_b[l], ψ_b = Ψ_b[l] [C] (l the row ``sel`` marks); the full Λ_b with
+  ``matrices`` (MLP memories read layer 1 with data-dependent scores). Reads q, kc, kp, gc, gp, ca, eta, ct, sel.
+  The kernels' wrapper runs it for every (head, chunk) at once, before the sequential loop."""
+  co = coefficients(x, window, momentum)
+  out = (co.lam_c * mm_nt(x.q, x.kc), co.lam_p * mm_nt(x.q, x.kp), co.alpha_bar, co.mu, co.theta_bar,
+         row(x.sel, co.lam_c), row(x.sel, co.lam_p), row(x.sel, co.psi_c), row(x.sel, co.psi_p))
+  return out + ((co.lam_c, co.lam_p) if matrices else ())
+
+
 def row(sel, m):
   """Row l of m [C, n] (sel is one-hot over rows) → [n]."""
   return jnp.sum(sel[:, None] * m, axis=0)

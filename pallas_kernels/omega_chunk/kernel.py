@@ -6,21 +6,21 @@ memory, hand-derived backward) or ``mlp_math`` (mlp / gated_mlp, backward = vjp 
 into the kernel). Value rows of a linear memory are independent (row v of Φ only sees column v of the errors
 E = K Aᵀ − V), so it may tile V over programs with no communication; MLP memories use one program per head.
 
-The linear memory's state-free work (the coefficient matrices and the scores M_b = Λ_b ⊙ Q K_bᵀ) runs before
-the kernels, batched over every (head, chunk) in XLA (``linear_math.chunk_coefficients``), so no value tile
-repeats it and the loop holds only the products with the state; autodiff takes its cotangents from the
-backward kernel's dM_b, dλ, dψ, … back to q, k and the gates. The MLP kernels compute their coefficients per
-chunk inside the loop.
+The state-free work (the coefficient matrices and the scores M_b = Λ_b ⊙ Q K_bᵀ,
+``chunk_common.step_coefficients``) runs before the kernels, batched over every (head, chunk) in XLA, so no
+value tile repeats it and the loop holds only the products with the state; autodiff takes its cotangents from
+the backward kernel's dM_b, dλ, dψ, … back to q, k and the gates.
 
 What the forward saves for the backward: Φ_in (and S_in with momentum) at the start of every chunk, float32,
 [BH, n, m, n'] per weight matrix; the backward recomputes everything else per chunk. A primal call outside
 differentiation saves nothing. Gradients of the inputs that value tiles share are summed over tiles outside the
 kernel (each tile writes its partial sum).
 
-Kernel inputs (BH = batch·heads, T a multiple of C; ``ops.py`` prepares q … sel), by role ("rows": the chunk's
-rows; "pair": the chunk's rows and the previous chunk's; "shared": one [T] array for every program):
-    linear     q, k [BH, T, P], v [BH, T, V], m_c, m_p [BH, T, C], ᾱ, μ, θ̄, λ_c, λ_p, ψ_c, ψ_p [BH, T], sel [T]
-    mlp, gated q, k (φ applied), v, gamma, ca, eta, ct [BH, T], sel
+Kernel inputs (BH = batch·heads, T a multiple of C; ``ops.py`` prepares q, k, v and the gates, ``omega_chunk``
+the coefficients), by role ("rows": the chunk's rows; "pair": the chunk's rows and the previous chunk's;
+"shared": one [T] array for every program):
+    q, k [BH, T, P] (φ applied), v [BH, T, V], m_c, m_p [BH, T, C], ᾱ, μ, θ̄, λ_c, λ_p, ψ_c, ψ_p [BH, T],
+    (mlp, gated_mlp: Λ_c, Λ_p [BH, T, C]), sel [T]
 weights, states: tuples of [BH, m, n] float32 (linear: W [V, P]; mlp: W1 [V, F], W2 [F, P][, W3 [F, P]]).
 """
 
@@ -35,13 +35,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from pallas_kernels.omega_chunk import linear_math, mlp_math
-from pallas_kernels.omega_chunk.chunk_common import Chunk, dot_precision
+from pallas_kernels.omega_chunk.chunk_common import Chunk, dot_precision, step_coefficients
 from pallas_kernels.omega_chunk.linear_math import LinearChunk
+from pallas_kernels.omega_chunk.mlp_math import MlpChunk
 
 KINDS = ("linear", "mlp", "gated_mlp")
-# Roles of the kernels' inputs, in the order of the per-chunk NamedTuple's fields (a "pair" fills two fields).
-_LINEAR_ROLES = ("rows", "pair", "pair") + ("rows",) * len(linear_math.COEFFICIENT_FIELDS) + ("shared",)
-_MLP_ROLES = ("rows", "pair", "pair", "pair", "rows", "rows", "rows", "shared")  # q, k, v, gamma, ca, eta, ct, sel
 _VALUE_INPUT = 2  # v: the one input tiled by value rows
 
 # Triton's float32 dot variants (H200 measurements: BENCHMARKS.md, GPU):
@@ -90,12 +88,21 @@ class _Static:
     return self.kind == "linear"
 
   @property
-  def roles(self):
-    return _LINEAR_ROLES if self.kind == "linear" else _MLP_ROLES
+  def chunk_type(self):
+    return LinearChunk if self.kind == "linear" else MlpChunk
 
   @property
-  def chunk_type(self):
-    return LinearChunk if self.kind == "linear" else Chunk
+  def roles(self):
+    """Per kernel input, in the order of ``chunk_type``'s fields: q "rows", k and v "pair" (two fields each),
+    one "rows" per coefficient array, sel "shared"."""
+    return ("rows", "pair", "pair") + ("rows",) * (len(self.chunk_type._fields) - 6) + ("shared",)
+
+  def prepare(self, x: Chunk):
+    """One chunk's ``chunk_type`` from its raw inputs (the reference's path; the kernels batch this)."""
+    return self.chunk_type(x.q, x.kc, x.kp, x.vc, x.vp, *self.coefficients(x), x.sel)
+
+  def coefficients(self, x: Chunk):
+    return step_coefficients(x, self.window, self.momentum, matrices=self.kind != "linear")
 
   @property
   def precision(self):
@@ -114,15 +121,14 @@ class _Static:
     if self.kind == "linear":
       y, w, s = linear_math.chunk_forward(x, weights[0], states[0], momentum=self.momentum, bias=self.bias)
       return y, (w,), (s,)
-    return mlp_math.chunk_forward(x, weights, states, kind=self.kind, window=self.window, momentum=self.momentum,
-                                  bias=self.bias)
+    return mlp_math.chunk_forward(x, weights, states, kind=self.kind, momentum=self.momentum, bias=self.bias)
 
   def _backward(self, x, weights, states, dy, dweights, dstates):
     if self.kind == "linear":
       g, dw, ds = linear_math.chunk_backward(x, weights[0], states[0], dy, dweights[0], dstates[0],
                                              momentum=self.momentum, bias=self.bias)
       return g, (dw,), (ds,)
-    return mlp_math.chunk_backward(x, weights, states, dy, dweights, dstates, kind=self.kind, window=self.window,
+    return mlp_math.chunk_backward(x, weights, states, dy, dweights, dstates, kind=self.kind,
                                    momentum=self.momentum, bias=self.bias)
 
 
@@ -392,16 +398,13 @@ def omega_chunk(q, k, v, gamma, ca, eta, ct, sel, weights, states, *, kind: str,
   block = block_sizes or BlockSizes.get_default(kind, v.shape[-1], q.shape[-1])
   static = _Static(kind, chunk, window, momentum, bias, block, interpret, debug)
   _check(q, k, v, (gamma, ca, eta, ct), sel, weights, states, static)
-  if kind == "linear":
-    inputs = (q, k, v) + _linear_coefficients(q, k, gamma, ca, eta, ct, sel, static) + (sel,)
-  else:
-    inputs = (q, k, v, gamma, ca, eta, ct, sel)
+  inputs = (q, k, v) + _coefficients(q, k, gamma, ca, eta, ct, sel, static) + (sel,)
   return _omega_chunk(inputs, weights, states, static)
 
 
-def _linear_coefficients(q, k, gamma, ca, eta, ct, sel, static: _Static):
-  """``linear_math.chunk_coefficients`` of every (head, chunk) at once → (m_c, m_p [BH, T, C], ᾱ, μ, θ̄, λ_c,
-  λ_p, ψ_c, ψ_p [BH, T]), at the kernels' matmul precision."""
+def _coefficients(q, k, gamma, ca, eta, ct, sel, static: _Static):
+  """``static.coefficients`` of every (head, chunk) at once → (m_c, m_p [BH, T, C], ᾱ, μ, θ̄, λ_c, λ_p, ψ_c, ψ_p
+  [BH, T][, Λ_c, Λ_p [BH, T, C]]), at the kernels' matmul precision."""
   bh, length, _ = q.shape
   chunk = static.chunk
   f32 = jnp.float32
@@ -410,7 +413,6 @@ def _linear_coefficients(q, k, gamma, ca, eta, ct, sel, static: _Static):
   kb, gb = blocks(k), blocks(gamma)
   x = Chunk(q=blocks(q), kc=kb, kp=previous(kb), vc=None, vp=None, gc=gb, gp=previous(gb), ca=blocks(ca),
             eta=blocks(eta), ct=blocks(ct), sel=blocks(jnp.broadcast_to(sel, (bh, length))))
-  per_chunk = functools.partial(linear_math.chunk_coefficients, window=static.window, momentum=static.momentum)
   with dot_precision(static.precision):
-    out = jax.vmap(jax.vmap(per_chunk))(x)
+    out = jax.vmap(jax.vmap(static.coefficients))(x)
   return tuple(c.reshape((bh, length) + c.shape[3:]) for c in out)

@@ -1,10 +1,10 @@
 """One chunk of the linear Omega-rule memory, split into a state-free part and a state step.
 
-The linear memory's coefficient work does not depend on the fast weights: the matrices Λ_b, Ψ_b (C³ products of
-gate terms) and the scores Q K_bᵀ. ``chunk_coefficients`` computes them, and the kernels' wrapper runs it for
-every (head, chunk) at once, in parallel and outside the sequential loop; JAX's autodiff carries their
-cotangents back to q, k and the gates. The kernels' loop runs only ``chunk_forward`` / ``chunk_backward``: the
-products with the state, O(C·P·BV) per value tile, with a hand-derived backward. All in kernel-safe jax.numpy
+The coefficient work does not depend on the fast weights: the matrices Λ_b, Ψ_b (C³ products of gate terms) and
+the scores Q K_bᵀ. ``chunk_common.step_coefficients`` computes them, and the kernels' wrapper runs it for every
+(head, chunk) at once, in parallel and outside the sequential loop; JAX's autodiff carries their cotangents back
+to q, k and the gates. The kernels' loop runs only ``chunk_forward`` / ``chunk_backward``: the products with the
+state, O(C·P·BV) per value tile, with a hand-derived backward. All in kernel-safe jax.numpy
 (2-D matmuls, elementwise math, iotas, axis reductions: no slicing of values, no cumulative sums), so the same
 code lowers to Triton and runs in interpret mode. All math is float32.
 
@@ -25,14 +25,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.omega_chunk.chunk_common import Chunk, at, coefficients, mm, mm_nt, mm_tn, row
+from pallas_kernels.omega_chunk.chunk_common import at, mm, mm_nt, mm_tn
 
 
 class LinearChunk(NamedTuple):
   """What the state step of one chunk reads (one head, one value tile), float32.
 
-  q, kc, kp [C, P] and vc, vp [C, BV] as in ``Chunk``; m_c, m_p [C, C] the masked, weighted scores M_b; over rows
-  t: alpha_bar ᾱ, mu μ, theta_bar θ̄ [C]; over slots: lam_c, lam_p, psi_c, psi_p [C] (row l of Λ_b, Ψ_b); sel [C].
+  q, kc, kp [C, P] and vc, vp [C, BV] as in ``Chunk``, then ``chunk_common.step_coefficients``: m_c, m_p [C, C]
+  the scores M_b; over rows t: alpha_bar ᾱ, mu μ, theta_bar θ̄ [C]; over slots: lam_c, lam_p, psi_c, psi_p [C]
+  (row l of Λ_b, Ψ_b); sel [C].
   """
   q: jax.Array
   kc: jax.Array
@@ -49,22 +50,6 @@ class LinearChunk(NamedTuple):
   psi_c: jax.Array
   psi_p: jax.Array
   sel: jax.Array
-
-
-# The order of LinearChunk's fields after (q, kc, kp, vc, vp): what ``chunk_coefficients`` returns.
-COEFFICIENT_FIELDS = LinearChunk._fields[5:-1]
-
-
-def chunk_coefficients(x: Chunk, window: int, momentum: bool):
-  """(m_c, m_p, ᾱ, μ, θ̄, λ_c, λ_p, ψ_c, ψ_p) of one chunk; reads q, kc, kp, gc, gp, ca, eta, ct, sel of x."""
-  co = coefficients(x, window, momentum)
-  return (co.lam_c * mm_nt(x.q, x.kc), co.lam_p * mm_nt(x.q, x.kp), co.alpha_bar, co.mu, co.theta_bar,
-          row(x.sel, co.lam_c), row(x.sel, co.lam_p), row(x.sel, co.psi_c), row(x.sel, co.psi_p))
-
-
-def prepare(x: Chunk, window: int, momentum: bool) -> LinearChunk:
-  """The LinearChunk of one chunk (the reference's per-chunk path; the kernels batch `chunk_coefficients`)."""
-  return LinearChunk(x.q, x.kc, x.kp, x.vc, x.vp, *chunk_coefficients(x, window, momentum), x.sel)
 
 
 def _errors(x: LinearChunk, a, bias: str):

@@ -12,16 +12,42 @@ Reads, layer 2 first, each row under its own position's weights (no Φ_t formed)
     read(X; Φ_in, S_in, pairs) = diag(ᾱ) X Φ_inᵀ − diag(μ) X S_inᵀ − Σ_b (Λ_b ⊙ X 𝓡_bᵀ) 𝓛_b
     Hq = read(Q; W2),  Zq = gelu(Hq)  (gated: silu(Hq) ⊙ read(Q; W3)),  Y = read(Zq; W1)
 
-End state per matrix: Φ_out = ᾱ_l Φ_in − μ_l S_in − Σ_b 𝓛_bᵀ diag(Λ_b[l]) 𝓡_b, S_out = θ̄_l S_in +
-Σ_b 𝓛_bᵀ diag(Ψ_b[l]) 𝓡_b. The backward is JAX's vjp of this function, traced inside the backward kernel.
+W2 and W3 have 𝓡_b = K_b, so their scores Λ_b ⊙ Q K_bᵀ are the state-free M_b that the kernels' wrapper
+computes before the loop (``chunk_common.step_coefficients``, with the Λ_b that layer 1's scores need).
+End state per matrix: Φ_out = ᾱ_l Φ_in − μ_l S_in − Σ_b 𝓛_bᵀ diag(λ_b) 𝓡_b, S_out = θ̄_l S_in +
+Σ_b 𝓛_bᵀ diag(ψ_b) 𝓡_b. The backward is JAX's vjp of this function, traced inside the backward kernel.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 
 from atlas_jax.memory.fast_weights import gelu_and_grad, silu_grad
-from pallas_kernels.omega_chunk.chunk_common import Chunk, at, coefficients, mm, mm_nt, mm_tn, row
+from pallas_kernels.omega_chunk.chunk_common import at, mm, mm_nt, mm_tn
+
+
+class MlpChunk(NamedTuple):
+  """What the state step of one chunk reads (one head), float32: ``linear_math.LinearChunk``'s fields with the
+  full Λ_c, Λ_p [C, C] (lam_mat_c, lam_mat_p) before sel."""
+  q: jax.Array
+  kc: jax.Array
+  kp: jax.Array
+  vc: jax.Array
+  vp: jax.Array
+  m_c: jax.Array
+  m_p: jax.Array
+  alpha_bar: jax.Array
+  mu: jax.Array
+  theta_bar: jax.Array
+  lam_c: jax.Array
+  lam_p: jax.Array
+  psi_c: jax.Array
+  psi_p: jax.Array
+  lam_mat_c: jax.Array
+  lam_mat_p: jax.Array
+  sel: jax.Array
 
 
 def _factors(kind: str, bias: str, weights, k, v):
@@ -40,46 +66,40 @@ def _factors(kind: str, bias: str, weights, k, v):
   return ((e, z), (d * h3 * silu_grad(h), k), (d * jax.nn.sigmoid(h) * h, k))
 
 
-def chunk_forward(x: Chunk, weights, states, *, kind: str, window: int, momentum: bool, bias: str):
+def chunk_forward(x: MlpChunk, weights, states, *, kind: str, momentum: bool, bias: str):
   """(Y [C, V], Φ_out, S_out) of one chunk; weights and states are tuples (W1, W2[, W3]) of float32 matrices."""
-  co = coefficients(x, window, momentum)
   fac_c = _factors(kind, bias, weights, x.kc, x.vc)
   fac_p = _factors(kind, bias, weights, x.kp, x.vp)
 
-  def read(i, inputs):
-    left_c, right_c = fac_c[i]
-    left_p, right_p = fac_p[i]
-    out = co.alpha_bar[:, None] * mm_nt(inputs, weights[i])
-    out = out - mm(co.lam_c * mm_nt(inputs, right_c), left_c) - mm(co.lam_p * mm_nt(inputs, right_p), left_p)
+  def read(i, inputs, score_c, score_p):
+    out = x.alpha_bar[:, None] * mm_nt(inputs, weights[i]) - mm(score_c, fac_c[i][0]) - mm(score_p, fac_p[i][0])
     if momentum:
-      out = out - co.mu[:, None] * mm_nt(inputs, states[i])
+      out = out - x.mu[:, None] * mm_nt(inputs, states[i])
     return out
 
-  h = read(1, x.q)
+  h = read(1, x.q, x.m_c, x.m_p)
   if kind == "mlp":
     zq = gelu_and_grad(h)[0]
   else:
-    zq = jax.nn.sigmoid(h) * h * read(2, x.q)
-  y = read(0, zq)
+    zq = jax.nn.sigmoid(h) * h * read(2, x.q, x.m_c, x.m_p)
+  y = read(0, zq, x.lam_mat_c * mm_nt(zq, fac_c[0][1]), x.lam_mat_p * mm_nt(zq, fac_p[0][1]))
 
-  lam_c, lam_p = row(x.sel, co.lam_c), row(x.sel, co.lam_p)
-  psi_c, psi_p = row(x.sel, co.psi_c), row(x.sel, co.psi_p)
   slot_sum = lambda coef_c, coef_p, i: (mm_tn(fac_c[i][0] * coef_c[:, None], fac_c[i][1])
                                         + mm_tn(fac_p[i][0] * coef_p[:, None], fac_p[i][1]))
   new_w, new_s = [], []
   for i, (w, s) in enumerate(zip(weights, states)):
-    w_out = at(x.sel, co.alpha_bar) * w - slot_sum(lam_c, lam_p, i)
-    s_out = slot_sum(psi_c, psi_p, i)
+    w_out = at(x.sel, x.alpha_bar) * w - slot_sum(x.lam_c, x.lam_p, i)
+    s_out = slot_sum(x.psi_c, x.psi_p, i)
     if momentum:
-      w_out = w_out - at(x.sel, co.mu) * s
-      s_out = s_out + at(x.sel, co.theta_bar) * s
+      w_out = w_out - at(x.sel, x.mu) * s
+      s_out = s_out + at(x.sel, x.theta_bar) * s
     new_w.append(w_out)
     new_s.append(s_out)
   return y, tuple(new_w), tuple(new_s)
 
 
-def chunk_backward(x: Chunk, weights, states, dy, dweights, dstates, **static):
-  """(cotangents as a Chunk, dΦ_in, dS_in) of one chunk: the vjp of `chunk_forward`, recomputed from the saved
+def chunk_backward(x: MlpChunk, weights, states, dy, dweights, dstates, **static):
+  """(cotangents as an MlpChunk, dΦ_in, dS_in) of one chunk: the vjp of `chunk_forward`, recomputed from the saved
   Φ_in, S_in."""
   _, pull = jax.vjp(lambda x, w, s: chunk_forward(x, w, s, **static), x, weights, states)
   gx, dw, ds = pull((dy, tuple(dweights), tuple(dstates)))

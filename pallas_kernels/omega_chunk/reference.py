@@ -1,8 +1,8 @@
 """Plain-JAX twin of the kernels: the same per-chunk math under ``lax.scan``, differentiated by JAX's autodiff.
 
 It takes the kernels' prepared inputs (see ``kernel.omega_chunk``) and checks their backward — the hand-derived
-one of the linear memory's state step (with autodiff of its coefficients, which the kernels' wrapper batches)
-and the in-kernel vjp of the MLP memories. The memory op's xla path is the independent reference for both.
+one of the linear memory's state step and the in-kernel vjp of the MLP memories, each with JAX's autodiff of the
+coefficients (which the kernels' wrapper batches over chunks). The memory op's xla path is the independent reference for both.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.omega_chunk import linear_math
 from pallas_kernels.omega_chunk.chunk_common import Chunk
 from pallas_kernels.omega_chunk.kernel import BlockSizes, _Static
 
@@ -37,9 +36,7 @@ def omega_chunk_reference(q, k, v, gamma, ca, eta, ct, sel, weights, states, *, 
 
     def body(carry, x):
       w, s = carry
-      if kind == "linear":
-        x = linear_math.prepare(x, window, momentum)
-      y, w_out, s_out = static.forward(x, w, s)
+      y, w_out, s_out = static.forward(static.prepare(x), w, s)
       return (w_out, s_out), (y, w)
 
     init = (tuple(map(f32, weights)), tuple(map(f32, states)))
