@@ -18,11 +18,15 @@ from atlas_jax.markdown import markdown_table  # noqa: F401 - the benchmarks' ta
 RESULTS = os.path.join(os.path.dirname(__file__), "RESULTS.md")
 
 
+class NonFiniteError(RuntimeError):
+  """A benchmarked call returned NaN or ±inf."""
+
+
 def check_finite(what: str, tree) -> None:
   """Raises if a benchmarked call returned NaN or ±inf anywhere: a timing of a diverged computation is no result."""
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
     if not bool(jnp.all(jnp.isfinite(leaf))):
-      raise RuntimeError(f"{what}: non-finite values in the output{jax.tree_util.keystr(path)}.")
+      raise NonFiniteError(f"{what}: non-finite values in the output{jax.tree_util.keystr(path)}.")
 
 
 def time_call(fn, *args, repeats: int = 5) -> float:
