@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU device check: kernel vs xla timings, the compiled kernel tests, layer scaling on the kernels, then
 # flash-linear-attention's chunk_gated_delta_rule when its wheels are carried in .whl/.
-# One H100/H200, about 9 minutes (each step has its own limit).
+# One H100/H200, at most 9.5 minutes (each step has its own limit; 2026-11-27 on an H200: about 7).
 #
 #   bash benchmarks/gpu_check.sh [LOG_DIR]        # LOG_DIR defaults to $OUT, else /tmp/atlas_gpu_check
 #
@@ -41,13 +41,13 @@ echo "benchmark: rc=$bench_rc in $((SECONDS - start)) s" | tee -a "$log_dir/benc
 start=$SECONDS
 # The compiled twins of the interpret-mode cases and a realistic shape (TestCompiledOnGPU).
 # Eight workers: most of the time is compilation (exact-float32 kernels here), which runs on the CPU.
-timeout 180 python3 -m pytest tests/pallas -v -n 8 -p no:cacheprovider -m "gpu" 2>&1 | tee "$log_dir/tests.log"
+timeout 150 python3 -m pytest tests/pallas -v -n 8 -p no:cacheprovider -m "gpu" 2>&1 | tee "$log_dir/tests.log"
 tests_rc=${PIPESTATUS[0]}
 echo "tests: rc=$tests_rc in $((SECONDS - start)) s" | tee -a "$log_dir/tests.log"
 
 start=$SECONDS
-# The xla rows of layer scaling are in BENCHMARKS.md (2026-11-26 H200 run); this adds the kernels' rows.
-timeout -k 20 -s INT 75 python3 -m benchmarks.layer_scaling --implementations=pallas --lengths=4096,16384 2>&1 \
+# Layer scaling: per memory layer an xla row, then a kernel row, in one command.
+timeout -k 20 -s INT 150 python3 -m benchmarks.layer_scaling --implementations=xla,pallas --lengths=4096,16384 2>&1 \
   | tee "$log_dir/layers.log"
 layers_rc=${PIPESTATUS[0]}
 echo "layer scaling: rc=$layers_rc in $((SECONDS - start)) s" | tee -a "$log_dir/layers.log"
@@ -55,7 +55,7 @@ echo "layer scaling: rc=$layers_rc in $((SECONDS - start)) s" | tee -a "$log_dir
 # Last, flash-linear-attention against the xla path (its Triton autotuning compiles for minutes; a hung
 # autotune does not take the other steps with it). Not part of the exit status.
 if python3 -c "import fla" 2> /dev/null; then
-  timeout -k 10 -s INT 75 python3 -m benchmarks.pallas_vs_xla --lengths=2048 --windows=1 --mlp_lengths= --dots= \
+  timeout -k 10 -s INT 60 python3 -m benchmarks.pallas_vs_xla --lengths=2048 --windows=1 --mlp_lengths= --dots= \
     2>&1 | tee "$log_dir/fla.log"
 fi
 cp benchmarks/RESULTS.md "$log_dir/RESULTS.md"

@@ -7,7 +7,8 @@ Each benchmark script appends a dated section whose heading names the script, e.
 ``## Layer scaling with T (benchmarks/layer_scaling.py)``, followed by ``- key: value`` lines (date, machine,
 allocator, versions, command), prose, and one Markdown table (benchmarks/common.py writes them). A section's kind
 is its script's name; when RESULTS.md holds several sections of one kind, the newest (by its ``date`` line, then
-by position in the file) wins. Columns are looked up by header name, so extra rows and columns are ignored.
+by position in the file) wins. The figures are the CPU machine's: sections from a GPU (machine "… (gpu)", written
+by ``gpu_check.sh``) are left out; their tables are in RESULTS.md and BENCHMARKS.md. Columns are looked up by header name, so extra rows and columns are ignored.
 Cells that are not numbers ("skipped (memory)", "—", "n/a") are gaps in the plots. Each figure's title names the
 machine and date of the section it was drawn from. Nothing here runs a benchmark.
 """
@@ -160,11 +161,11 @@ def parse_results(text: str) -> list[Section]:
 
 
 def latest_sections(sections: list[Section]) -> dict[str, Section]:
-  """kind → the newest section of that kind (latest date; among equal or missing dates, the later one)."""
+  """kind → the newest CPU section of that kind (latest date; among equal or missing dates, the later one)."""
   latest = {}
   for section in sections:
     kind = section.kind
-    if kind is None:
+    if kind is None or section.meta.get("machine", "").endswith("(gpu)"):
       continue
     rank = (section.date or datetime.datetime.min, section.position)
     old = latest.get(kind)

@@ -109,6 +109,9 @@ def test_sections_meta_and_newest_wins():
   twice = plots.parse_results(_section("A", "decode", "2026-01-01 09:00 UTC", _DECODE)
                               + _section("B", "decode", "2026-01-01 09:00 UTC", _DECODE))
   assert plots.latest_sections(twice)["decode"].title == "B (benchmarks/decode.py)"
+  # A newer section from a GPU (gpu_check.sh) does not replace the CPU figure's.
+  gpu = _section("G", "decode", "2026-01-03 09:00 UTC", _DECODE).replace("(CPU)", "(gpu)")
+  assert plots.latest_sections(twice + plots.parse_results(gpu))["decode"].title == "B (benchmarks/decode.py)"
 
 
 def test_columns_by_header_name():

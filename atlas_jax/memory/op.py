@@ -4,8 +4,8 @@
 
 ``implementation`` selects the path: ``reference`` (per-token scan, the definition), ``xla`` (chunk-parallel
 dual form), ``pallas`` (the kernels of ``pallas_kernels.omega_chunk``; in the interpreter on CPU), or ``auto``:
-``xla`` (the kernels are opt-in: on an H200 they are still slower than xla; ``explain_implementation`` says
-whether they would cover a call).
+the kernels for linear memories on a GPU where they cover the call, else ``xla`` (``explain_implementation``
+says which and why).
 Model code calls only this.
 """
 
@@ -27,13 +27,19 @@ IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas")
 
 
 def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_state: bool = True,
-                           dtype=jnp.float32, backend: str | None = None) -> tuple[str, str]:
+                           dtype=jnp.float32, backend: str | None = None,
+                           devices: int | None = None) -> tuple[str, str]:
   """(the concrete path, why): what ``implementation`` resolves to for this call, with the reason.
 
-  ``auto`` resolves to ``xla`` on every backend; the reason says whether ``pallas`` would cover the call. On an
-  H200 (2026-11-26, BENCHMARKS.md) the compiled linear kernels ran at 0.5–0.7× the xla path's speed forward and
-  0.4–0.5× forward+backward (K = V = 128, C = 64), and the mlp kernels did not fit the GPU's shared memory at
-  K = 64, F = 128; ``auto`` will pick the kernels once a GPU run times them ahead of xla.
+  backend, devices: default to JAX's default backend and its device count.
+
+  ``auto`` resolves to ``pallas`` for a linear memory on a single GPU when the kernels cover the call, else
+  ``xla``. Several devices stay on xla: XLA's SPMD partitioner does not split a ``pallas_call`` (a sharded model
+  would gather its inputs onto every device), and the kernels are not wrapped in ``shard_map`` yet. On
+  an H200 (2026-11-27, BENCHMARKS.md) the linear kernels ran 1.3–1.7× the xla path's speed forward+backward and
+  1.5–2.1× forward (B = 2, H = 16, K = V = 128, C = 64), and a delta-style layer about 3× forward+backward; the
+  mlp kernels were not timed ahead of xla (their forward+backward compiles in about two minutes, and at F = 256
+  they exceed the GPU's shared memory), so MLP memories stay on xla.
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")
@@ -44,16 +50,19 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
     return "xla", "on CPU the Pallas kernels run only in the (slow) interpreter"
   from pallas_kernels.omega_chunk.ops import unsupported_reason  # lazy: keeps Pallas out of plain imports
   reason = unsupported_reason(config, fresh_state=fresh_state, dtype=dtype, backend=backend)
-  return "xla", reason or ("the Pallas kernels cover this call but are opt-in (implementation='pallas'): on an "
-                           "H200 they ran slower than xla (BENCHMARKS.md)")
+  if reason:
+    return "xla", reason
+  opt_in = "the Pallas kernels cover this call but are opt-in (implementation='pallas')"
+  if config.kind != "linear" or backend != "gpu":
+    return "xla", f"{opt_in} for kind={config.kind!r} on {backend}: not timed ahead of xla (BENCHMARKS.md)"
+  if (jax.device_count() if devices is None else devices) > 1:
+    return "xla", f"{opt_in} on several devices: XLA's SPMD partitioner does not split a pallas_call"
+  return "pallas", "linear memory on one GPU: the kernels ran ahead of xla on an H200 (BENCHMARKS.md)"
 
 
-def resolve_implementation(implementation: str, config: MemoryConfig) -> str:
-  """The concrete path ``implementation`` stands for: ``auto`` is ``xla`` (``explain_implementation`` says why)."""
-  del config  # part of the signature for when ``auto`` picks per call again
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")
-  return "xla" if implementation == "auto" else implementation
+def resolve_implementation(implementation: str, config: MemoryConfig, **call) -> str:
+  """The concrete path ``implementation`` stands for; ``call``: ``explain_implementation``'s keywords."""
+  return explain_implementation(implementation, config, **call)[0]
 
 
 def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, feature_coeffs):
@@ -127,7 +136,8 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
   """
   _check_inputs(q, k, v, gates, init_weights, config, feature_coeffs)
   dtype = next(iter(init_weights.values())).dtype if state is None else state.window_k.dtype
-  impl = resolve_implementation(implementation, config)
+  impl = resolve_implementation(implementation, config, fresh_state=state is None,
+                                dtype=jnp.promote_types(q.dtype, dtype))
   batch, length, _, key_dim = q.shape
   if impl == "pallas" and length:
     from pallas_kernels.omega_chunk.ops import pallas_memory, unsupported_reason  # lazy, see above

@@ -1,8 +1,9 @@
 """Pallas kernels for the Omega-rule chunk update (forward + backward behind ``jax.custom_vjp``).
 
-    chunk_common.py  a chunk's inputs, full-precision matmuls, the coefficient matrices (CHUNKED.md §C.2–§C.4)
-    linear_math.py   one chunk of the linear memory: forward and hand-derived backward
-    mlp_math.py      one chunk of the mlp / gated_mlp memories: forward (backward = its vjp, inside the kernel)
+    chunk_common.py  a chunk's inputs, matmuls, the coefficient matrices (CHUNKED.md §C.2–§C.4) and their
+                     state-free products (``step_coefficients``, batched over chunks before the kernels)
+    linear_math.py   the linear memory's state step: forward and hand-derived backward
+    mlp_math.py      the mlp / gated_mlp memories' state step: forward (backward = its vjp, inside the kernel)
     kernel.py        BlockSizes, the forward and backward kernels, ``omega_chunk`` on prepared inputs
     reference.py     the same chunk math under ``lax.scan`` (autodiff checks the kernels' backward)
     ops.py           the memory op's ``implementation="pallas"``: input preparation, support checks, final state

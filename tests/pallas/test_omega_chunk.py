@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from atlas_jax.memory import MemoryConfig, explain_implementation, memory_op
+from atlas_jax.memory import MemoryConfig, explain_implementation, memory_op, resolve_implementation
 from pallas_kernels.omega_chunk import BlockSizes, omega_chunk
 from pallas_kernels.omega_chunk.kernel import TRITON_DOTS
 from pallas_kernels.omega_chunk.ops import pallas_memory, unsupported_reason
@@ -191,10 +191,15 @@ def test_dispatch_and_fallback_reasons():
   linear = MemoryConfig(kind="linear", chunk_size=16, window=4, momentum=True)
   assert explain_implementation("auto", linear, backend="cpu")[0] == "xla"
   assert explain_implementation("pallas", linear, backend="cpu") == ("pallas", "requested")
-  # auto stays on xla on GPU too; the reason says whether the kernels would cover the call.
-  assert explain_implementation("auto", linear, backend="gpu") == (
-      "xla", "the Pallas kernels cover this call but are opt-in (implementation='pallas'): on an H200 they ran "
-      "slower than xla (BENCHMARKS.md)")
+  # auto picks the kernels for a linear memory on one GPU; MLP memories and several devices stay on xla.
+  assert explain_implementation("auto", linear, backend="gpu", devices=1)[0] == "pallas"
+  assert resolve_implementation("auto", linear, backend="gpu", devices=1) == "pallas"
+  assert "several devices" in explain_implementation("auto", linear, backend="gpu", devices=8)[1]
+  mlp = MemoryConfig(kind="mlp", chunk_size=16, window=4, momentum=True)
+  assert explain_implementation("auto", mlp, backend="gpu", devices=1) == (
+      "xla", "the Pallas kernels cover this call but are opt-in (implementation='pallas') for kind='mlp' on gpu: "
+      "not timed ahead of xla (BENCHMARKS.md)")
+  assert explain_implementation("auto", linear, dtype=jnp.float64, backend="gpu", devices=1)[0] == "xla"
   assert "stored state" in explain_implementation("auto", linear, fresh_state=False, backend="gpu")[1]
   assert "TPU" in explain_implementation("auto", linear, backend="tpu")[1]
   for chunk in (8, 48):
