@@ -26,28 +26,13 @@ import jax
 
 from atlas_jax.memory.fast_weights import gelu_and_grad, silu_grad
 from pallas_kernels.omega_chunk.chunk_common import at, mm, mm_nt, mm_tn
+from pallas_kernels.omega_chunk.linear_math import LinearChunk
 
 
-class MlpChunk(NamedTuple):
-  """What the state step of one chunk reads (one head), float32: ``linear_math.LinearChunk``'s fields with the
-  full Λ_c, Λ_p [C, C] (lam_mat_c, lam_mat_p) before sel."""
-  q: jax.Array
-  kc: jax.Array
-  kp: jax.Array
-  vc: jax.Array
-  vp: jax.Array
-  m_c: jax.Array
-  m_p: jax.Array
-  alpha_bar: jax.Array
-  mu: jax.Array
-  theta_bar: jax.Array
-  lam_c: jax.Array
-  lam_p: jax.Array
-  psi_c: jax.Array
-  psi_p: jax.Array
-  lam_mat_c: jax.Array
-  lam_mat_p: jax.Array
-  sel: jax.Array
+# What the state step of one chunk reads (one head), float32: ``LinearChunk``'s fields with the full Λ_c, Λ_p
+# [C, C] (lam_mat_c, lam_mat_p) before sel.
+MlpChunk = NamedTuple("MlpChunk", [(name, jax.Array) for name in LinearChunk._fields[:-1]]
+                      + [("lam_mat_c", jax.Array), ("lam_mat_p", jax.Array), ("sel", jax.Array)])
 
 
 def _factors(kind: str, bias: str, weights, k, v):
