@@ -27,14 +27,15 @@ IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas")
 
 
 def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_state: bool = True,
-                           dtype=jnp.float32, backend: str | None = None,
-                           devices: int | None = None) -> tuple[str, str]:
+                           dtype=jnp.float32, backend: str | None = None, devices: int | None = None,
+                           key_dim: int | None = None) -> tuple[str, str]:
   """(the concrete path, why): what ``implementation`` resolves to for this call, with the reason.
 
-  backend, devices: default to JAX's default backend and its device count.
+  backend, devices: default to JAX's default backend and its device count. key_dim: K of the call, to check the
+  kernels' tile sizes against those measured (``memory_op`` passes it; None skips the check).
 
-  ``auto`` resolves to ``pallas`` for a linear memory on a single GPU when the kernels cover the call, else
-  ``xla``. Several devices stay on xla: XLA's SPMD partitioner does not split a ``pallas_call`` (a sharded model
+  ``auto`` resolves to ``pallas`` for a linear memory on a single GPU when the kernels cover the call at tile
+  sizes compiled there (P ≤ 128 after padding, C ≤ 64), else ``xla``. Several devices stay on xla: XLA's SPMD partitioner does not split a ``pallas_call`` (a sharded model
   would gather its inputs onto every device), and the kernels are not wrapped in ``shard_map`` yet. On
   an H200 (2026-11-27, BENCHMARKS.md) the linear kernels ran 1.3–1.7× the xla path's speed forward+backward and
   1.5–2.1× forward (B = 2, H = 16, K = V = 128, C = 64), and a delta-style layer about 3× forward+backward; the
@@ -48,7 +49,7 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
   backend = backend or jax.default_backend()
   if backend == "cpu":
     return "xla", "on CPU the Pallas kernels run only in the (slow) interpreter"
-  from pallas_kernels.omega_chunk.ops import unsupported_reason  # lazy: keeps Pallas out of plain imports
+  from pallas_kernels.omega_chunk.ops import untimed_sizes_reason, unsupported_reason  # lazy: no Pallas import
   reason = unsupported_reason(config, fresh_state=fresh_state, dtype=dtype, backend=backend)
   if reason:
     return "xla", reason
@@ -57,6 +58,8 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
     return "xla", f"{opt_in} for kind={config.kind!r} on {backend}: not timed ahead of xla (BENCHMARKS.md)"
   if (jax.device_count() if devices is None else devices) > 1:
     return "xla", f"{opt_in} on several devices: XLA's SPMD partitioner does not split a pallas_call"
+  if key_dim is not None and (why := untimed_sizes_reason(config, key_dim)):
+    return "xla", f"{opt_in} here: {why}"
   return "pallas", "linear memory on one GPU: the kernels ran ahead of xla on an H200 (BENCHMARKS.md)"
 
 
@@ -137,7 +140,7 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
   _check_inputs(q, k, v, gates, init_weights, config, feature_coeffs)
   dtype = next(iter(init_weights.values())).dtype if state is None else state.window_k.dtype
   impl = resolve_implementation(implementation, config, fresh_state=state is None,
-                                dtype=jnp.promote_types(q.dtype, dtype))
+                                dtype=jnp.promote_types(q.dtype, dtype), key_dim=q.shape[-1])
   batch, length, _, key_dim = q.shape
   if impl == "pallas" and length:
     from pallas_kernels.omega_chunk.ops import pallas_memory, unsupported_reason  # lazy, see above

@@ -5,8 +5,8 @@
 
 Covered: the ``linear``, ``mlp`` and ``gated_mlp`` memories (identity or polynomial φ, l2 or dot bias, residual
 or not, momentum and retention, any W with W − 1 ≤ C, token granularity, Muon off), from a fresh state
-(position 0), float32 or bfloat16 inputs. ``auto`` takes them for linear memories on one GPU (on an H200 they
-ran 1.3–1.7× the xla path's speed forward+backward); MLP memories run on them when asked for by name (one
+(position 0), float32 or bfloat16 inputs. ``auto`` takes them for linear memories on one GPU at the tile sizes
+measured there (``untimed_sizes_reason``; on an H200 they ran 1.3–1.7× the xla path's speed forward+backward); MLP memories run on them when asked for by name (one
 program per head keeps W1, W2 (W3) and their momenta, which exceeded the shared memory at F = 256 and compile
 for about two minutes; BENCHMARKS.md). The kernels are written for Triton (GPU); on CPU they run in the Pallas interpreter; on TPU the xla path runs (the
 Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not hold these whole-sequence blocks; a TPU
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from atlas_jax.memory.config import MemoryConfig
-from atlas_jax.memory.feature_maps import feature_map
+from atlas_jax.memory.feature_maps import feature_dim, feature_map
 from atlas_jax.memory.state import Gates, MemoryState
 from pallas_kernels.omega_chunk.kernel import BlockSizes, omega_chunk
 
@@ -43,6 +43,24 @@ def unsupported_reason(config: MemoryConfig, *, fresh_state: bool, dtype, backen
     if c < 16 or c & (c - 1):
       return f"chunk_size C={c}: Triton tiles need a power of two ≥ 16"
   return None
+
+
+def untimed_sizes_reason(config: MemoryConfig, key_dim: int) -> str | None:
+  """Why ``auto`` should not pick the compiled kernels at these sizes (None inside the measured range).
+
+  On an H200 the linear kernels fit the shared memory at C = 64 and P = 128 after padding (one TF32 pass, BV = 16;
+  BV = 64 already asked for 256 KiB of the 227 KiB); larger [C, P] tiles were not compiled.
+  """
+  p = padded_size(feature_dim(config, key_dim))
+  if p > 128 or config.chunk_size > 64:
+    return (f"P = {p} after padding and C = {config.chunk_size}: the compiled kernels were measured only at "
+            "P ≤ 128, C ≤ 64 (larger [C, P] tiles may exceed the GPU's shared memory)")
+  return None
+
+
+def padded_size(n: int) -> int:
+  """The compiled kernels' size for a dimension n: a power of two ≥ 16 (Triton tiles need it)."""
+  return max(16, _next_power_of_two(n))
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -104,7 +122,7 @@ def pallas_memory(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
   names = config.weight_names
   p = init_weights[names[-1]].shape[-1]
   hidden = init_weights["W1"].shape[-1] if config.kind != "linear" else None
-  pad = (lambda n: max(16, _next_power_of_two(n))) if pad_to_power_of_two else (lambda n: n)
+  pad = padded_size if pad_to_power_of_two else (lambda n: n)
   sizes = {value_dim: pad(value_dim), p: pad(p)}
   if hidden is not None:
     sizes[hidden] = pad(hidden)

@@ -200,6 +200,12 @@ def test_dispatch_and_fallback_reasons():
       "xla", "the Pallas kernels cover this call but are opt-in (implementation='pallas') for kind='mlp' on gpu: "
       "not timed ahead of xla (BENCHMARKS.md)")
   assert explain_implementation("auto", linear, dtype=jnp.float64, backend="gpu", devices=1)[0] == "xla"
+  # Tile sizes outside those compiled on a GPU: swla's degree-2 φ on K = 32 (P = 561 → 1024), and C = 128.
+  assert explain_implementation("auto", linear, backend="gpu", devices=1, key_dim=64)[0] == "pallas"
+  poly = MemoryConfig(kind="linear", feature_map="polynomial", degree=2, chunk_size=16)
+  assert "P = 1024" in explain_implementation("auto", poly, backend="gpu", devices=1, key_dim=32)[1]
+  long_chunk = MemoryConfig(kind="linear", chunk_size=128)
+  assert "C = 128" in explain_implementation("auto", long_chunk, backend="gpu", devices=1, key_dim=64)[1]
   assert "stored state" in explain_implementation("auto", linear, fresh_state=False, backend="gpu")[1]
   assert "TPU" in explain_implementation("auto", linear, backend="tpu")[1]
   for chunk in (8, 48):
