@@ -8,9 +8,10 @@ Each benchmark script appends a dated section whose heading names the script, e.
 allocator, versions, command), prose, and one Markdown table (benchmarks/common.py writes them). A section's kind
 is its script's name; when RESULTS.md holds several sections of one kind, the newest (by its ``date`` line, then
 by position in the file) wins. The figures are the CPU machine's: sections from a GPU (machine "… (gpu)", written
-by ``gpu_check.sh``) are left out; their tables are in RESULTS.md and BENCHMARKS.md. Columns are looked up by header name, so extra rows and columns are ignored.
-Cells that are not numbers ("skipped (memory)", "—", "n/a") are gaps in the plots. Each figure's title names the
-machine and date of the section it was drawn from. Nothing here runs a benchmark.
+by ``gpu_check.sh``) are left out; their tables are in RESULTS.md and BENCHMARKS.md. Columns are looked up by
+header name, so extra rows and columns are ignored. Cells that are not numbers ("skipped (memory)", "—", "n/a")
+are gaps in the plots. Each figure's title names the machine and date of the section it was drawn from. Nothing
+here runs a benchmark.
 """
 
 from __future__ import annotations

@@ -35,12 +35,13 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
   kernels' tile sizes against those measured (``memory_op`` passes it; None skips the check).
 
   ``auto`` resolves to ``pallas`` for a linear memory on a single GPU when the kernels cover the call at tile
-  sizes compiled there (P ≤ 128 after padding, C ≤ 64), else ``xla``. Several devices stay on xla: XLA's SPMD partitioner does not split a ``pallas_call`` (a sharded model
-  would gather its inputs onto every device), and the kernels are not wrapped in ``shard_map`` yet. On
-  an H200 (2026-11-27, BENCHMARKS.md) the linear kernels ran 1.3–1.7× the xla path's speed forward+backward and
-  1.5–2.1× forward (B = 2, H = 16, K = V = 128, C = 64), and a delta-style layer about 3× forward+backward; the
-  mlp kernels were not timed ahead of xla (their forward+backward compiles in about two minutes, and at F = 256
-  they exceed the GPU's shared memory), so MLP memories stay on xla.
+  sizes compiled there (P ≤ 128 after padding, C ≤ 64), else ``xla``. Several devices stay on xla: XLA's SPMD
+  partitioner does not split a ``pallas_call`` (a sharded model would gather its inputs onto every device), and
+  the kernels are not wrapped in ``shard_map`` yet. On an H200 (2026-11-27, BENCHMARKS.md) the linear kernels
+  ran 1.3–1.7× the xla path's speed forward+backward and 1.5–2.1× forward (B = 2, H = 16, K = V = 128,
+  C = 64), and a delta-style layer about 3× forward+backward; the mlp kernels were not timed ahead of xla (their
+  forward+backward compiles in about two minutes, and at F = 256 they exceed the GPU's shared memory), so MLP
+  memories stay on xla.
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")

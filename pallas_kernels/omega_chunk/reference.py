@@ -2,7 +2,8 @@
 
 It takes the kernels' prepared inputs (see ``kernel.omega_chunk``) and checks their backward — the hand-derived
 one of the linear memory's state step and the in-kernel vjp of the MLP memories, each with JAX's autodiff of the
-coefficients (which the kernels' wrapper batches over chunks). The memory op's xla path is the independent reference for both.
+coefficients (which the kernels' wrapper batches over chunks). The memory op's xla path is the independent
+reference for both.
 """
 
 from __future__ import annotations
