@@ -122,12 +122,9 @@ class ModelConfig:
     the other's, and at 0.01 the DLA memory diverged after about 4K tokens. Measured once at initialisation on
     4K tokens of text; tests/models/test_stability.py checks 2K tokens of text for every preset's memory at
     C = 8 and at C = 64. These are starting values: the gates (and φ's coefficients) are trained, and in
-    training the MLP memories with momentum and without Muon can still diverge on long sequences: the demo model
-    at T = 1,024 and learning rate 3e-3 went non-finite after 24 (Titans) and 31 (OmegaNet) AdamW steps, with
-    η ≈ 0.003 and θ ≈ 0.9 barely moved from their starting values, while ATLAS (Muon) and delta trained, and at
-    1e-3 both trained (README, Models). The per-token reference diverged identically on the failing step's
-    inputs: the memory's weights grow until the MLP's curvature outruns the step, a property of the rule that
-    no starting share fixes.
+    training the MLP memories with momentum and without Muon can still diverge on long sequences (the memory's
+    curvature grows with its weights, which no starting share bounds); ``MemoryConfig.max_grad_norm`` is the
+    opt-in remedy (README, Models).
     """
     if self.eta_init is not None:
       return self.eta_init

@@ -102,15 +102,17 @@ def count_params(config: ModelConfig) -> int:
 
 
 def preset_config(preset: str, size: str, overrides) -> ModelConfig:
-  """A preset at a size with field overrides (a mapping or ConfigDict; ``memory`` nested), unknown keys refused.
+  """A preset at a size with field overrides (a mapping or ConfigDict; ``memory`` nested), unknown keys refused;
+  None values are unset (the preset's value stays: experiment configs declare every field as None).
 
   Overrides go through ``get_preset``, so derived fields follow them (a new num_layers re-derives the block
   list, a new width the heads), exactly as ``get_preset(preset, size, **overrides)``.
   """
-  overrides = dict(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
+  unset = lambda mapping: {key: value for key, value in mapping.items() if value is not None}
+  overrides = unset(overrides.to_dict() if hasattr(overrides, "to_dict") else overrides)
   base = get_preset(preset, size)
   if "memory" in overrides:
-    memory = dict(overrides.pop("memory"))
+    memory = unset(overrides.pop("memory"))
     known = {f.name for f in dataclasses.fields(MemoryConfig)}
     unknown = sorted(set(memory) - known)
     if unknown:

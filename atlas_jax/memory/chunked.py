@@ -81,7 +81,7 @@ def _segment_step(config: MemoryConfig, coeffs, carry: MemoryState, seg):
   slot_gamma = jnp.concatenate([carry.window_gamma, gamma])
   phi_k = feature_map(keys, config, coeffs)
   phi_q = feature_map(q, config, coeffs)
-  facs = fast_weights.factors(config, anchor, phi_k, keys, values)
+  facs = fast_weights.clip_factors(config, fast_weights.factors(config, anchor, phi_k, keys, values))
   co = coefficients(log_alpha, eta, log_theta if config.momentum else None, slot_gamma, length,
                     config.window)
   last = jnp.maximum(length - 1, 0)

@@ -46,6 +46,11 @@ class MemoryConfig:
     muon: apply Newton–Schulz to the momentum before the update.
     ns_steps: Newton–Schulz iterations k.
     granularity: ``token`` updates Φ at every position; ``chunk`` only at chunk ends (SPEC.md §3.6).
+    max_grad_norm: None (default) is SPEC.md's rule. A number c > 0 bounds every token's inner gradient at the
+      anchor, ∇ℓ_i(A) ← ∇ℓ_i(A) · min(1, c / ‖∇ℓ_i(A)‖) (Frobenius norm over all weight matrices), before the
+      window sum and momentum. Not in the papers: an opt-in stabiliser for MLP memories without Muon, whose
+      curvature grows with their weights (README, Models: titans and omeganet diverge in training at
+      T = 1,024, lr 3e-3 without it; Muon's Newton–Schulz already bounds every update).
   """
 
   kind: MemoryKind = "mlp"
@@ -60,6 +65,7 @@ class MemoryConfig:
   muon: bool = False
   ns_steps: int = 5
   granularity: Granularity = "token"
+  max_grad_norm: float | None = None
 
   def __post_init__(self):
     _check_choice("kind", self.kind, WEIGHT_NAMES)
@@ -72,6 +78,9 @@ class MemoryConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < (0 if name == "ns_steps" else 1):
         raise ValueError(f"MemoryConfig.{name}={value!r}; expected a positive integer.")
+    if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
+                                               and self.max_grad_norm > 0):
+      raise ValueError(f"MemoryConfig.max_grad_norm={self.max_grad_norm!r}; expected None or a number > 0.")
     if self.residual is None:
       object.__setattr__(self, "residual", self.kind != "linear")
 

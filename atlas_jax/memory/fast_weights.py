@@ -90,6 +90,23 @@ def factors(config: MemoryConfig, w: Weights, phi: jnp.ndarray, raw: jnp.ndarray
   }
 
 
+def clip_scale(squared_norms: jnp.ndarray, max_norm: float) -> jnp.ndarray:
+  """min(1, c / ‖g‖) from ‖g‖² (``MemoryConfig.max_grad_norm``); the tiny floor keeps ‖0‖'s gradient finite."""
+  return max_norm / jnp.maximum(max_norm, jnp.sqrt(squared_norms + 1e-30))
+
+
+def clip_factors(config: MemoryConfig, facs):
+  """``factors`` with every token's gradient 𝓛_iᵀ 𝓡_i bounded to norm ``config.max_grad_norm`` (None: unchanged).
+
+  ‖𝓛_iᵀ 𝓡_i‖_F = ‖𝓛_i‖ ‖𝓡_i‖ for an outer product, so the norm over all matrices needs only the factor rows.
+  """
+  if config.max_grad_norm is None:
+    return facs
+  squared = sum(jnp.sum(left * left, axis=-1) * jnp.sum(right * right, axis=-1) for left, right in facs.values())
+  scale = clip_scale(squared, config.max_grad_norm)[:, None]
+  return {name: (left * scale, right) for name, (left, right) in facs.items()}
+
+
 def _sum_squares(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(x * x, axis=(-2, -1), keepdims=True)
 

@@ -27,6 +27,17 @@ def _window_loss(config: MemoryConfig, anchor, keys, values, gammas, coeffs):
   return jnp.sum(gammas * per_token)
 
 
+def _window_grad(config: MemoryConfig, anchor, keys, values, gammas, coeffs):
+  """g_t = ∇_A L_t(A); with ``max_grad_norm`` c, Σ_i γ_i ∇ℓ_i(A) · min(1, c / ‖∇ℓ_i(A)‖) instead."""
+  if config.max_grad_norm is None:
+    return jax.grad(_window_loss, argnums=1)(config, anchor, keys, values, gammas, coeffs)
+  one = lambda k, v: jax.grad(_window_loss, argnums=1)(config, anchor, k[None], v[None], jnp.ones(1), coeffs)
+  per_token = jax.vmap(one)(keys, values)  # {name: [W, m, n]}
+  squared = sum(jnp.sum(g * g, axis=(1, 2)) for g in per_token.values())
+  weights = gammas * fast_weights.clip_scale(squared, config.max_grad_norm)
+  return _map(lambda g: jnp.einsum("i,imn->mn", weights, g), per_token)
+
+
 def _head_scan(config: MemoryConfig, coeffs, state: MemoryState, q, k, v, log_alpha, eta, log_theta, gamma,
                remat_block: int = 0):
   """One head: q, k [T, K], v [T, V], gates [T]; state without the (B, H) axes → (y [T, V], state)."""
@@ -43,7 +54,7 @@ def _head_scan(config: MemoryConfig, coeffs, state: MemoryState, q, k, v, log_al
     keys = jnp.concatenate([carry.window_k, k_t[None]])
     values = jnp.concatenate([carry.window_v, v_t[None]])
     gammas = jnp.concatenate([carry.window_gamma, gamma_t[None]])
-    grad = jax.grad(_window_loss, argnums=1)(config, anchor, keys, values, gammas, coeffs)
+    grad = _window_grad(config, anchor, keys, values, gammas, coeffs)
 
     # S_t = θ_t S_{t−1} + g_t;  U_t = NS_k(S_t) or S_t.
     theta = jnp.exp(lt_t) if config.momentum else 0.0

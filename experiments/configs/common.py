@@ -2,9 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
+
 import ml_collections
 
+from atlas_jax.config import ModelConfig
+from atlas_jax.memory import MemoryConfig
 from atlas_jax.sharding import DEFAULT_RULES
+
+
+def _flag_type(hint) -> type:
+  """The type a command-line value of this field parses to: Literal → its values' type, X | None → X."""
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  origin = typing.get_origin(hint)
+  if origin is typing.Literal:
+    return type(args[0])
+  if origin in (typing.Union, types.UnionType):
+    return _flag_type(args[0])
+  return origin or hint
+
+
+def override_slots(cls) -> ml_collections.ConfigDict:
+  """One placeholder per field of a config dataclass (None: keep the preset's value), so that every field can be
+  set from the command line (ml_collections refuses keys a config does not declare); ``memory`` nests."""
+  hints = typing.get_type_hints(cls)
+  slots = ml_collections.ConfigDict()
+  for field in dataclasses.fields(cls):
+    if hints[field.name] is MemoryConfig:
+      slots[field.name] = override_slots(MemoryConfig)
+    else:
+      slots[field.name] = ml_collections.config_dict.placeholder(_flag_type(hints[field.name]))
+  return slots
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -14,7 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.preset = "atlas"
   c.model.size = "tiny"
-  c.model.overrides = ml_collections.ConfigDict()  # ModelConfig fields; `memory` nests MemoryConfig fields
+  # Every ModelConfig field, None unless set (then it replaces the preset's value); `memory` nests MemoryConfig's:
+  # --config.model.overrides.width=512, --config.model.overrides.memory.max_grad_norm=1.0.
+  c.model.overrides = override_slots(ModelConfig)
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "bible"  # bible | text | jsonl | tokens | synthetic | huggingface

@@ -9,8 +9,6 @@ way for comparison). Expected on a 2-core CPU: under 5 minutes with tcmalloc pre
 reaches about 1.4 nats per byte (perplexity ≈ 4.1) after 600 steps of 2,048 tokens.
 """
 
-import ml_collections
-
 from experiments.configs import common
 
 
@@ -26,7 +24,7 @@ def get_config(arg: str | None = None):
   c.model.overrides.mlp_hidden = 384
   c.model.overrides.memory_heads = 4  # 4 memory heads of 16 (H·V = 64, projected back to 128)
   # C = 64 amortises the one Newton–Schulz per chunk of ATLAS's chunk-granularity Muon (C = 8 is 6× slower).
-  c.model.overrides.memory = ml_collections.ConfigDict({"chunk_size": 64})
+  c.model.overrides.memory.chunk_size = 64
   c.data.source = "bible"
   c.data.seq_len = 128
   c.data.batch_size = 16

@@ -31,6 +31,8 @@ def unsupported_reason(config: MemoryConfig, *, fresh_state: bool, dtype, backen
     return "no TPU (Mosaic) variant of the Omega kernels; the xla path runs on TPU"
   if config.muon:
     return "muon=True: Newton–Schulz per position is not in the kernels"
+  if config.max_grad_norm is not None:
+    return "max_grad_norm: the kernels do not bound the per-token gradients"
   if config.granularity != "token":
     return f"granularity={config.granularity!r}: the kernels implement token granularity"
   if config.window - 1 > config.chunk_size:

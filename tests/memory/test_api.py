@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,3 +132,16 @@ def test_bad_options_raise_clear_errors():
     MemoryConfig(window=0)
   with pytest.raises(ValueError, match="degree 1..3"):
     MemoryConfig(feature_map="polynomial", degree=4)
+  with pytest.raises(ValueError, match="max_grad_norm=0"):
+    MemoryConfig(max_grad_norm=0)
+
+
+@pytest.mark.parametrize("implementation", ["reference", "xla"])
+def test_max_grad_norm_clips_only_large_gradients(implementation):
+  """A bound above every token's gradient norm changes nothing; a small one changes the outputs."""
+  config = MemoryConfig(kind="mlp", window=2, chunk_size=4, momentum=True)
+  inputs = memory_inputs(config, length=13)
+  run = lambda c: memory_op(*inputs[:5], config=c, implementation=implementation)[0]
+  plain = run(config)
+  np.testing.assert_allclose(run(dataclasses.replace(config, max_grad_norm=1e6)), plain, rtol=1e-6, atol=1e-6)
+  assert float(jnp.max(jnp.abs(run(dataclasses.replace(config, max_grad_norm=1e-3)) - plain))) > 1e-3

@@ -43,6 +43,11 @@ CORNERS = [
     MemoryConfig(kind="mlp", residual=False, bias="dot", window=8, chunk_size=1),
     MemoryConfig(kind="linear", residual=True, window=1, chunk_size=4, momentum=True, muon=True,
                  granularity="chunk"),
+    # max_grad_norm = 0.5 clips some tokens' gradients of these inputs and leaves others (both branches).
+    MemoryConfig(kind="mlp", window=3, chunk_size=4, momentum=True, max_grad_norm=0.5),
+    MemoryConfig(kind="gated_mlp", feature_map="polynomial", window=2, chunk_size=4, momentum=True, muon=True,
+                 granularity="chunk", max_grad_norm=0.5),
+    MemoryConfig(kind="linear", bias="dot", window=8, chunk_size=16, max_grad_norm=0.5),
 ]
 CONFIGS = _grid(14) + CORNERS
 
@@ -63,7 +68,8 @@ def _loss_fn(config, implementation, weights_out):
 
 def _id(c: MemoryConfig) -> str:
   parts = [c.kind, c.feature_map[:4], c.bias, f"W{c.window}", f"C{c.chunk_size}", "mom" if c.momentum else "",
-           "muon" if c.muon else "", c.granularity if c.granularity != "token" else ""]
+           "muon" if c.muon else "", c.granularity if c.granularity != "token" else "",
+           f"clip{c.max_grad_norm}" if c.max_grad_norm else ""]
   return "-".join(p for p in parts if p)
 
 

@@ -9,6 +9,8 @@ float32 state and 1e-2 on gradients (gradients of bf16 inputs are rounded to bf1
 
 from __future__ import annotations
 
+import dataclasses
+
 import functools
 import random
 
@@ -208,6 +210,9 @@ def test_dispatch_and_fallback_reasons():
   assert "C = 128" in explain_implementation("auto", long_chunk, backend="gpu", devices=1, key_dim=64)[1]
   assert "stored state" in explain_implementation("auto", linear, fresh_state=False, backend="gpu")[1]
   assert "TPU" in explain_implementation("auto", linear, backend="tpu")[1]
+  clipped = dataclasses.replace(linear, max_grad_norm=1.0)
+  assert explain_implementation("auto", clipped, backend="gpu", devices=1) == (
+      "xla", "max_grad_norm: the kernels do not bound the per-token gradients")
   for chunk in (8, 48):
     assert unsupported_reason(MemoryConfig(kind="linear", chunk_size=chunk), fresh_state=True, dtype=jnp.float32,
                               backend="gpu").startswith(f"chunk_size C={chunk}")

@@ -47,3 +47,17 @@ def test_overrides_re_derive_dependent_fields():
   config.model.overrides.memory = {"chunk_sise": 16}
   with pytest.raises(ValueError, match="chunk_sise"):
     model_config_from(config)
+
+
+def test_every_model_field_can_be_overridden_in_a_locked_config():
+  """Configs declare every ModelConfig and MemoryConfig field (None: the preset's value), so command-line flags
+  such as --config.model.overrides.memory.max_grad_norm=1.0 reach fields the file never sets."""
+  config = _load(os.path.join(ROOT, "experiments", "configs", "demo.py")).get_config("titans")
+  preset = model_config_from(config)
+  config.model.overrides.memory.max_grad_norm = 1.0
+  config.model.overrides.eta_init = 0.01
+  model = model_config_from(config)
+  assert model.memory.max_grad_norm == 1.0 and model.eta_init == 0.01
+  assert model.memory.chunk_size == 64 and model.memory.momentum == preset.memory.momentum  # the rest is kept
+  with pytest.raises(AttributeError):
+    config.model.overrides.memory.max_grad_nrom = 1.0  # locked: a typo is an error

@@ -1,7 +1,5 @@
 """A seconds-long experiment for the training tests (synthetic data, a 2-layer ATLAS, checkpoints every step)."""
 
-import ml_collections
-
 from experiments.configs import common
 
 
@@ -15,7 +13,7 @@ def get_config(arg=None):
   c.model.overrides.mlp_hidden = 64
   c.model.overrides.memory_heads = 2
   c.model.overrides.memory_head_dim = 16
-  c.model.overrides.memory = ml_collections.ConfigDict({"chunk_size": 8})
+  c.model.overrides.memory.chunk_size = 8
   c.data.source = "synthetic"
   c.data.seq_len = 16
   c.data.batch_size = 8
