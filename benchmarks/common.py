@@ -53,6 +53,15 @@ def compiled_peak_bytes(jitted, *args) -> int | None:
              - stats.alias_size_in_bytes)
 
 
+def resident_mib() -> float | None:
+  """The process's resident memory now (not its peak), from /proc/self/statm; None off Linux."""
+  try:
+    with open("/proc/self/statm") as f:
+      return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+  except (OSError, ValueError):
+    return None
+
+
 def allocator() -> str:
   preload = os.environ.get("LD_PRELOAD", "")
   return "tcmalloc (LD_PRELOAD)" if "tcmalloc" in preload else "glibc malloc (no tcmalloc preloaded)"

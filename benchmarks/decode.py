@@ -5,8 +5,10 @@
 Both models at the demo's size (2 layers × 128, byte vocabulary). For each context length p we build the decode
 state a model would hold after p tokens — ATLAS: its streaming memory state at position p; Transformer++: a KV
 cache holding p random keys and values — and time one jitted single-token step (median of --repeats). "state
-MiB" is the size of the decode state itself. The Transformer stops where its cache no longer fits in
---max_cache_gib.
+MiB" is the size of the decode state itself; "step plan MiB" is XLA's memory plan of the step (arguments,
+outputs and temporaries); "process RSS MiB" is the whole process's resident memory right after the timed steps
+(contexts run in increasing order in one process, ATLAS first). The Transformer stops where its cache no longer
+fits in --max_cache_gib.
 """
 
 from __future__ import annotations
@@ -68,18 +70,23 @@ def main(argv):
       if name == "transformer++":
         kv_gib = 2 * model.config.num_layers * context * model.config.width * 4 / 2**30
         if kv_gib > _MAX_CACHE_GIB.value:
-          rows.append([name, f"{context:,}", "—", f"KV cache {kv_gib:.1f} GiB > --max_cache_gib"])
+          rows.append([name, f"{context:,}", "—", f"KV cache {kv_gib:.1f} GiB > --max_cache_gib", "—", "—"])
           print("  " + " | ".join(rows[-1]), flush=True)
           continue
       print(f"[decode] {name} context={context:,} ...", flush=True)
       cache = _state_at(model, context)
       token = jnp.zeros((1, 1), jnp.int32)
       seconds = common.time_call(step, params, token, cache, repeats=_REPEATS.value)
-      rows.append([name, f"{context:,}", f"{seconds * 1e3:.2f}", f"{_mib(cache):,.2f}"])
+      plan = common.compiled_peak_bytes(step, params, token, cache)
+      rss = common.resident_mib()
+      rows.append([name, f"{context:,}", f"{seconds * 1e3:.2f}", f"{_mib(cache):,.2f}",
+                   "—" if plan is None else f"{plan / 2**20:,.1f}", "—" if rss is None else f"{rss:,.0f}"])
+      del cache
       print("  " + " | ".join(rows[-1]), flush=True)
   body = ("Demo size (2 layers × 128, byte vocabulary), batch 1, float32; one jitted decoding step at each context "
           f"length, median of {_REPEATS.value}.\n\n" +
-          common.markdown_table(["model", "context", "ms / token", "decode state MiB"], rows))
+          common.markdown_table(["model", "context", "ms / token", "decode state MiB", "step plan MiB",
+                                 "process RSS MiB"], rows))
   common.report("Decoding vs context length (benchmarks/decode.py)", body, _WRITE.value)
 
 
