@@ -39,9 +39,8 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
   partitioner does not split a ``pallas_call`` (a sharded model would gather its inputs onto every device), and
   the kernels are not wrapped in ``shard_map`` yet. On an H200 (2026-11-27, BENCHMARKS.md) the linear kernels
   ran 1.3–1.7× the xla path's speed forward+backward and 1.5–2.1× forward (B = 2, H = 16, K = V = 128,
-  C = 64), and a delta-style layer about 3× forward+backward; the mlp kernels were not timed ahead of xla (their
-  forward+backward compiles in about two minutes, and at F = 256 they exceed the GPU's shared memory), so MLP
-  memories stay on xla.
+  C = 64), and a delta-style layer about 3× forward+backward; the mlp kernels exceeded the card's shared memory at
+  every size tried (K = 32–64, C = 32–64), so MLP memories stay on xla.
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")
