@@ -34,10 +34,12 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
   backend, devices: default to JAX's default backend and its device count. key_dim: K of the call, to check the
   kernels' tile sizes against those measured (``memory_op`` passes it; None skips the check).
 
-  ``auto`` resolves to ``pallas`` for a linear memory on a single GPU when the kernels cover the call at tile
-  sizes compiled there (P ≤ 128 after padding, C ≤ 64), else ``xla``. Several devices stay on xla: XLA's SPMD
-  partitioner does not split a ``pallas_call`` (a sharded model would gather its inputs onto every device), and
-  the kernels are not wrapped in ``shard_map`` yet. On an H200 (2026-11-27, BENCHMARKS.md) the linear kernels
+  ``auto`` resolves to ``pallas`` for a linear memory on GPUs when the kernels cover the call at tile sizes
+  compiled there (P ≤ 128 after padding, C ≤ 64), else ``xla``. On several devices the kernels run inside
+  ``jax.shard_map``, one (batch, heads) block per device, which needs the mesh of ``jax.set_mesh`` and the
+  logical rules of ``atlas_jax.sharding.logical_rules`` (as the training loop sets them); outside that context
+  several devices stay on xla, since XLA's SPMD partitioner does not split a ``pallas_call`` (it would gather the
+  inputs onto every device). On an H200 (2026-11-27, BENCHMARKS.md) the linear kernels
   ran 1.3–1.7× the xla path's speed forward+backward and 1.5–2.1× forward (B = 2, H = 16, K = V = 128,
   C = 64), and a delta-style layer about 3× forward+backward; the mlp kernels exceeded the card's shared memory at
   every size tried (K = 32–64, C = 32–64), so MLP memories stay on xla.
@@ -56,11 +58,14 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
   opt_in = "the Pallas kernels cover this call but are opt-in (implementation='pallas')"
   if config.kind != "linear" or backend != "gpu":
     return "xla", f"{opt_in} for kind={config.kind!r} on {backend}: not timed ahead of xla (BENCHMARKS.md)"
-  if (jax.device_count() if devices is None else devices) > 1:
-    return "xla", f"{opt_in} on several devices: XLA's SPMD partitioner does not split a pallas_call"
+  from pallas_kernels.omega_chunk.sharded import mesh_context_size  # lazy, as above
+  if (jax.device_count() if devices is None else devices) > 1 and mesh_context_size() <= 1:
+    return "xla", (f"{opt_in} on several devices inside jax.set_mesh with atlas_jax.sharding.logical_rules (then "
+                   "each device runs its own (batch, heads) block); outside it, XLA's SPMD partitioner would not "
+                   "split a pallas_call")
   if key_dim is not None and (why := untimed_sizes_reason(config, key_dim)):
     return "xla", f"{opt_in} here: {why}"
-  return "pallas", "linear memory on one GPU: the kernels ran ahead of xla on an H200 (BENCHMARKS.md)"
+  return "pallas", "linear memory on GPU: the kernels ran ahead of xla on an H200 (BENCHMARKS.md)"
 
 
 def resolve_implementation(implementation: str, config: MemoryConfig, **call) -> str:
@@ -143,11 +148,12 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
                                 dtype=jnp.promote_types(q.dtype, dtype), key_dim=q.shape[-1])
   batch, length, _, key_dim = q.shape
   if impl == "pallas" and length:
-    from pallas_kernels.omega_chunk.ops import pallas_memory, unsupported_reason  # lazy, see above
+    from pallas_kernels.omega_chunk.ops import unsupported_reason  # lazy, see above
+    from pallas_kernels.omega_chunk.sharded import sharded_pallas_memory
     if state is not None:  # pallas_memory checks everything else
       raise NotImplementedError("implementation='pallas': "
                                 f"{unsupported_reason(config, fresh_state=False, dtype=dtype)}.")
-    return pallas_memory(q, k, v, gates, init_weights, config, feature_coeffs)
+    return sharded_pallas_memory(q, k, v, gates, init_weights, config, feature_coeffs)
   static_position = None
   if state is None:
     state = init_state(config, init_weights, batch, key_dim, v.shape[-1])

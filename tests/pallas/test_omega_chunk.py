@@ -10,7 +10,6 @@ float32 state and 1e-2 on gradients (gradients of bf16 inputs are rounded to bf1
 from __future__ import annotations
 
 import dataclasses
-
 import functools
 import random
 
@@ -18,8 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from atlas_jax.memory import MemoryConfig, explain_implementation, memory_op, resolve_implementation
+from atlas_jax.sharding import DEFAULT_RULES, logical_rules
 from pallas_kernels.omega_chunk import BlockSizes, omega_chunk
 from pallas_kernels.omega_chunk.kernel import TRITON_DOTS
 from pallas_kernels.omega_chunk.ops import pallas_memory, unsupported_reason
@@ -193,7 +194,8 @@ def test_dispatch_and_fallback_reasons():
   linear = MemoryConfig(kind="linear", chunk_size=16, window=4, momentum=True)
   assert explain_implementation("auto", linear, backend="cpu")[0] == "xla"
   assert explain_implementation("pallas", linear, backend="cpu") == ("pallas", "requested")
-  # auto picks the kernels for a linear memory on one GPU; MLP memories and several devices stay on xla.
+  # auto picks the kernels for a linear memory on one GPU; MLP memories, and several devices outside a mesh
+  # context, stay on xla (test_kernels_split_over_a_device_mesh covers the context).
   assert explain_implementation("auto", linear, backend="gpu", devices=1)[0] == "pallas"
   assert resolve_implementation("auto", linear, backend="gpu", devices=1) == "pallas"
   assert "several devices" in explain_implementation("auto", linear, backend="gpu", devices=8)[1]
@@ -220,6 +222,39 @@ def test_dispatch_and_fallback_reasons():
   q, k, v, gates, weights, coeffs = memory_inputs(muon, length=5)
   with pytest.raises(NotImplementedError, match="muon=True"):
     memory_op(q, k, v, gates, weights, config=muon, implementation="pallas")
+
+
+def test_kernels_split_over_a_device_mesh():
+  """Inside jax.set_mesh with logical rules, each device runs the kernels on its (batch, heads) block: outputs,
+  state and gradients equal the unsharded call's, the outputs stay sharded, and auto takes the kernels on GPUs."""
+  config = MemoryConfig(kind="linear", chunk_size=16, window=3, momentum=True)
+  q, k, v, gates, weights, _ = memory_inputs(config, batch=4, heads=2, length=37)
+
+  def loss(q, k, v, gates, weights):
+    y, state = memory_op(q, k, v, gates, weights, config=config, implementation="pallas")
+    return jnp.sum(y * jnp.cos(y)) + jnp.sum(state.weights["W"] ** 2), (y, state)
+
+  run = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
+  (_, (y, state)), grads = run(q, k, v, gates, weights)
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
+  tokens = P(("data", "fsdp"), None, "tensor")
+  put = lambda tree, spec: jax.tree_util.tree_map(lambda x: jax.device_put(x, NamedSharding(mesh, spec)), tree)
+  with jax.set_mesh(mesh), logical_rules(DEFAULT_RULES):
+    assert explain_implementation("auto", config, backend="gpu", devices=8)[0] == "pallas"
+    args = put((q, k, v), tokens) + (put(gates, tokens), put(weights, P("tensor")))
+    (_, (y_mesh, state_mesh)), grads_mesh = run(*args)
+    hlo = run.lower(*args).compile().as_text()
+  assert max_rel_error((y_mesh, compared_state(state_mesh)), (y, compared_state(state))) < 1e-6
+  assert max_rel_error(grads_mesh, grads) < 1e-6
+  assert y_mesh.sharding.spec == P(("data", "fsdp"), None, "tensor", None)
+  assert "all-gather" not in hlo  # each device keeps its block (only Φ_init's gradient is summed over the batch)
+  # Three heads on a tensor axis of 2: the heads are not split (every device runs all three), still exact.
+  q, k, v, gates, weights, _ = memory_inputs(config, batch=4, heads=3, length=37)
+  (_, (y, _)), grads = run(q, k, v, gates, weights)
+  with jax.set_mesh(mesh), logical_rules(DEFAULT_RULES):
+    batch_only = P(("data", "fsdp"))
+    (_, (y_mesh, _)), grads_mesh = run(*put((q, k, v, gates), batch_only), put(weights, P()))
+  assert max_rel_error((y_mesh, grads_mesh), (y, grads)) < 1e-6
 
 
 def test_streaming_continues_from_a_kernel_state():
