@@ -60,9 +60,9 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
     return "xla", f"{opt_in} for kind={config.kind!r} on {backend}: not timed ahead of xla (BENCHMARKS.md)"
   from pallas_kernels.omega_chunk.sharded import mesh_context_size  # lazy, as above
   if (jax.device_count() if devices is None else devices) > 1 and mesh_context_size() <= 1:
-    return "xla", (f"{opt_in} on several devices inside jax.set_mesh with atlas_jax.sharding.logical_rules (then "
-                   "each device runs its own (batch, heads) block); outside it, XLA's SPMD partitioner would not "
-                   "split a pallas_call")
+    return "xla", (f"{opt_in} here: several devices but no jax.set_mesh with atlas_jax.sharding.logical_rules, "
+                   "under which each device would run its own (batch, heads) block; without them XLA's SPMD "
+                   "partitioner does not split a pallas_call")
   if key_dim is not None and (why := untimed_sizes_reason(config, key_dim)):
     return "xla", f"{opt_in} here: {why}"
   return "pallas", "linear memory on GPU: the kernels ran ahead of xla on an H200 (BENCHMARKS.md)"
