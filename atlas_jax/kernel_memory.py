@@ -55,6 +55,9 @@ def check_config(config: MemoryConfig, normalized: bool) -> None:
   if config.momentum or config.muon or config.granularity != "token":
     raise ValueError("the exponential-kernel memory has no momentum or Muon (SPEC.md §4); got "
                      f"momentum={config.momentum}, muon={config.muon}, granularity={config.granularity!r}.")
+  if config.max_grad_norm is not None:
+    raise ValueError(f"max_grad_norm={config.max_grad_norm} is not implemented for the exponential-kernel memory; "
+                     "set it to None.")
   if normalized and not (config.kind == "linear" and config.bias == "dot" and not config.residual):
     raise ValueError("normalized reads are defined for the linear memory with the dot bias and no residual only.")
 

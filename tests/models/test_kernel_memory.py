@@ -70,3 +70,12 @@ def test_normalized_linear_dot_is_causal_softmax_attention():
   y, _ = kernel_memory(q, k, v, gates, state, config, exp_kernel, inv_t, normalized=True, static_position=0)
   expected = jax.nn.dot_product_attention(q, k, v, scale=0.5, is_causal=True)
   np.testing.assert_allclose(y, expected, rtol=2e-5, atol=2e-5)
+
+
+def test_unsupported_options_raise_clear_errors():
+  q, k, v, gates, _, _ = memory_inputs(MemoryConfig(kind="mlp"), length=5)
+  inv_t = jnp.ones((q.shape[2],))
+  for config, message in ((MemoryConfig(kind="mlp", momentum=True), "no momentum or Muon"),
+                          (MemoryConfig(kind="mlp", max_grad_norm=1.0), "max_grad_norm=1.0 is not implemented")):
+    with pytest.raises(ValueError, match=message):
+      kernel_memory(q, k, v, gates, None, config, exp_kernel, inv_t, static_position=0)
