@@ -145,3 +145,14 @@ def test_max_grad_norm_clips_only_large_gradients(implementation):
   plain = run(config)
   np.testing.assert_allclose(run(dataclasses.replace(config, max_grad_norm=1e6)), plain, rtol=1e-6, atol=1e-6)
   assert float(jnp.max(jnp.abs(run(dataclasses.replace(config, max_grad_norm=1e-3)) - plain))) > 1e-3
+
+
+def test_max_grad_norm_keeps_a_diverging_memory_finite():
+  """An mlp memory with momentum and 3× memory_inputs' η overflows within 2,048 tokens; bounded gradients do not."""
+  config = MemoryConfig(kind="mlp", chunk_size=64, momentum=True)
+  q, k, v, gates, weights, _ = memory_inputs(config, batch=1, heads=2, length=2048, key_dim=16, value_dim=16,
+                                             hidden=64, seed=1)
+  gates = gates._replace(eta=3 * gates.eta)
+  finite = lambda c: bool(jnp.all(jnp.isfinite(memory_op(q, k, v, gates, weights, config=c)[0])))
+  assert not finite(config)
+  assert finite(dataclasses.replace(config, max_grad_norm=1.0))
