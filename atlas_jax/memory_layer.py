@@ -47,8 +47,8 @@ class MemoryLayer(nnx.Module):
     self.qkv = Dense(width, 3 * heads * dim, ("embed", "heads"), **kw)
     self.conv = ShortConv(3 * heads * dim, config.conv_width, **kw)
     shares = dict(INITIAL_GATES, eta=config.initial_eta_share)
-    bias = jnp.repeat(jnp.asarray([_logit(shares[g]) for g in ("alpha", "eta", "theta", "gamma")]), heads)
-    self.gates = Dense(width, 4 * heads, ("embed", None), rngs=rngs, use_bias=True, std=0.02,
+    bias = jnp.tile(jnp.asarray([_logit(shares[g]) for g in ("alpha", "eta", "theta", "gamma")]), heads)
+    self.gates = Dense(width, 4 * heads, ("embed", "heads"), rngs=rngs, use_bias=True, std=0.02,
                        param_dtype=config.jnp_param_dtype)
     self.gates.bias[...] = bias.astype(self.gates.bias.dtype)
     self.out_gate = Dense(width, heads * dim, ("embed", "heads"), **kw)
@@ -90,15 +90,16 @@ class MemoryLayer(nnx.Module):
     config, mem = self.config, self.config.memory
     batch, length, _ = x.shape
     qkv, conv_state = self.conv(self.qkv(x), None if cache is None else cache.conv)
-    qkv = jax.nn.silu(qkv).reshape(batch, length, 3, self.heads, self.dim)
+    # Head-major channels (h, {q, k, v}, d): a tensor axis that splits the channels gives each device whole heads.
+    qkv = jax.nn.silu(qkv).reshape(batch, length, self.heads, 3, self.dim)
     unit = lambda z: z * jax.lax.rsqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-6)
-    q, k = unit(qkv[:, :, 0].astype(jnp.float32)), unit(qkv[:, :, 1].astype(jnp.float32))
-    v = qkv[:, :, 2]
-    logits = self.gates(x.astype(jnp.float32)).reshape(batch, length, 4, self.heads)
-    gates = Gates(log_alpha=-jax.nn.softplus(-logits[:, :, 0]),
-                  eta=config.inner_lr_max * jax.nn.sigmoid(logits[:, :, 1]),
-                  gamma=jax.nn.sigmoid(logits[:, :, 3]),
-                  log_theta=-jax.nn.softplus(-logits[:, :, 2]) if mem.momentum else None)
+    q, k = unit(qkv[..., 0, :].astype(jnp.float32)), unit(qkv[..., 1, :].astype(jnp.float32))
+    v = qkv[..., 2, :]
+    logits = self.gates(x.astype(jnp.float32)).reshape(batch, length, self.heads, 4)  # head-major, as qkv
+    gates = Gates(log_alpha=-jax.nn.softplus(-logits[..., 0]),
+                  eta=config.inner_lr_max * jax.nn.sigmoid(logits[..., 1]),
+                  gamma=jax.nn.sigmoid(logits[..., 3]),
+                  log_theta=-jax.nn.softplus(-logits[..., 2]) if mem.momentum else None)
     state = None if cache is None else cache.memory
     if self.kernel:
       inv_t = jax.nn.softplus(self.inv_temperature_rho[...])

@@ -9,24 +9,33 @@ float32 matmul timed in the same process (all cores).
 Config (flags): B = 2, H = 4, K = V = 64, mlp memory with F = 256, identity φ, l2, C = 64, W = 4, momentum on;
 Muon off, Muon at chunk granularity (one Newton–Schulz per chunk) and Muon at every position. Per-position Muon
 runs NS on every token's momentum in both implementations — 77–95% of the FLOPs (CHUNKED.md §C.9) — so there the
-chunked form cannot be much faster than the reference; it is timed at short T only. Forward = outputs and final state; forward+backward = gradient of a scalar of the outputs with
-respect to q, k, v, every gate and Φ_init. Times are medians after a warm-up call; memory is XLA's static plan
-(arguments + outputs + temporaries) of the compiled call. Both implementations run with remat=True (xla:
-per chunk; reference: checkpointed blocks of 4·C tokens, without which its backward keeps every token's
-weights, ~5.5 MB per token here). The reference's forward+backward is skipped past
---max_reference_backward_length. On CPU, preload tcmalloc (Debian
-libtcmalloc-minimal4): glibc malloc makes these numbers swing several-fold. The allocator is recorded.
+chunked form cannot be much faster than the reference; it is timed at short T only. On CPU the Muon-off xla rows
+are repeated with the heads split over --devices XLA host devices (``jax_num_cpu_devices``), each device running
+its heads' chunk scan under ``jax.shard_map`` (atlas_jax/memory/sharded.py): XLA:CPU runs one scan's small products
+on about one core, so this is how the op uses the others. Memory inputs are ``memory_inputs``' with η × 0.1 (its η
+overflows this MLP memory within 1,024 tokens). Forward = outputs and final state; forward+backward = gradient of a
+scalar of the outputs with respect to q, k, v, every gate and Φ_init. Times are medians after a warm-up call;
+memory is XLA's static plan (arguments + outputs + temporaries) of the compiled call. Both implementations run
+with remat=True (xla: per chunk; reference: checkpointed blocks of 4·C tokens, without which its backward keeps
+every token's weights, ~5.5 MB per token here). The reference's forward+backward is skipped past
+--max_reference_backward_length. On CPU, preload tcmalloc (Debian libtcmalloc-minimal4): glibc malloc makes
+these numbers swing several-fold. The allocator is recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 from absl import app, flags
 import jax
 import jax.numpy as jnp
 
+from jax.sharding import NamedSharding, PartitionSpec
+
 from atlas_jax.memory import MemoryConfig, memory_op
+from atlas_jax.sharding import DEFAULT_RULES, logical_rules
+from atlas_jax.training.mesh import make_mesh
 from benchmarks import common
 from benchmarks.flops import matmul_rate, memory_flops
 from atlas_jax.memory.testing import memory_inputs
@@ -48,7 +57,10 @@ _MUON_LENGTHS = flags.DEFINE_list("muon_lengths", ["256", "1024"],
                                   "T for per-position Muon (NS-bound: the same NS work in both paths)")
 _MUON_MAX_REFERENCE = flags.DEFINE_integer("muon_max_reference_length", 1024,
                                            "longest T for the reference with Muon (NS at every token)")
+_DEVICES = flags.DEFINE_integer("devices", 2, "on CPU, XLA host devices for the xla rows with the heads split "
+                                "over them (1: no such rows)")
 _WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RESULTS.md")
+_SPLIT = "xla, heads split"
 
 
 def _functions(config: MemoryConfig, implementation: str):
@@ -66,16 +78,36 @@ def _functions(config: MemoryConfig, implementation: str):
 def _cell(config, implementation, length, with_backward):
   inputs = memory_inputs(config, batch=_BATCH.value, length=length, heads=_HEADS.value, key_dim=_DIM.value,
                          value_dim=_DIM.value, hidden=_HIDDEN.value)[:5]
-  forward, backward = _functions(config, implementation)
-  t_fwd = common.time_call(forward, *inputs, repeats=_REPEATS.value)
-  if not with_backward:
-    return t_fwd, None, None
-  t_bwd = common.time_call(backward, *inputs, repeats=_REPEATS.value)
-  return t_fwd, t_bwd, common.compiled_peak_bytes(backward, *inputs)
+  # memory_inputs' η (≲ 0.3/W, sized for short test sequences) overflows this MLP memory within 1,024 tokens;
+  # a tenth of it stays finite (the time of a call does not depend on the values).
+  inputs = inputs[:3] + (inputs[3]._replace(eta=0.1 * inputs[3].eta), inputs[4])
+  context = contextlib.nullcontext()
+  if implementation == _SPLIT:  # the heads over a tensor axis of host devices, as the training loop shards them
+    mesh = make_mesh((1, 1, _DEVICES.value))
+    put = lambda tree, spec: jax.device_put(tree, NamedSharding(mesh, spec))
+    heads = PartitionSpec(None, None, "tensor")
+    inputs = put(inputs[:4], heads) + (put(inputs[4], PartitionSpec("tensor")),)
+    context = _on_mesh(mesh)
+  forward, backward = _functions(config, "xla" if implementation == _SPLIT else implementation)
+  with context:
+    t_fwd = common.time_call(forward, *inputs, repeats=_REPEATS.value)
+    if not with_backward:
+      return t_fwd, None, None
+    t_bwd = common.time_call(backward, *inputs, repeats=_REPEATS.value)
+    plan = common.compiled_peak_bytes(backward, *inputs)  # per device
+    return t_fwd, t_bwd, plan and plan * (_DEVICES.value if implementation == _SPLIT else 1)
+
+
+@contextlib.contextmanager
+def _on_mesh(mesh):
+  with jax.set_mesh(mesh), logical_rules(DEFAULT_RULES):
+    yield
 
 
 def main(argv):
   del argv
+  jax.config.update("jax_num_cpu_devices", _DEVICES.value)  # before the backend starts; CPU only
+  split = _DEVICES.value > 1 and jax.default_backend() == "cpu"
   lengths = [int(t) for t in _LENGTHS.value]
   columns = ["Muon", "impl", "T", "fwd s", "fwd tok/s", "fwd % matmul", "fwd+bwd s", "fwd+bwd tok/s",
              "fwd+bwd % matmul", "fwd+bwd peak MiB"]
@@ -87,7 +119,8 @@ def main(argv):
                           muon=muon != "off", granularity="chunk" if muon == "chunk" else "token")
     max_reference = _MAX_REFERENCE.value if muon == "off" else _MUON_MAX_REFERENCE.value
     for length in ([int(t) for t in _MUON_LENGTHS.value] if muon == "on" else lengths):
-      for implementation in ("reference", "xla"):  # back to back, so machine drift hits both alike
+      # Back to back, so machine drift hits all alike.
+      for implementation in ("reference", "xla") + ((_SPLIT,) if split and not config.muon else ()):
         if implementation == "reference" and length > max_reference:
           continue
         print(f"[memory_op] muon={muon} {implementation} T={length} ...", flush=True)
@@ -129,7 +162,9 @@ def main(argv):
   config_line = (f"B={_BATCH.value}, H={_HEADS.value}, K=V={_DIM.value}, mlp F={_HIDDEN.value}, identity φ, l2, "
                  f"C={_CHUNK.value}, W={_WINDOW.value}, momentum on; float32; remat on (both). % matmul: model FLOPs "
                  f"(CHUNKED.md §C.9, benchmarks/flops.py; fwd+bwd = 3× fwd; Muon off only) per second over a "
-                 f"1024³ float32 matmul in this process ({peak / 1e9:,.0f} GFLOP/s).")
+                 f"1024³ float32 matmul in this process ({peak / 1e9:,.0f} GFLOP/s). \"{_SPLIT}\": xla with the "
+                 f"heads split over {_DEVICES.value} XLA host devices of this CPU (one mesh tensor axis, as the "
+                 "training loop shards heads); its peak is the per-device plan × devices.")
   body = config_line + "\n\n" + common.markdown_table(columns, rows) + "\n\n" + "\n".join(summary)
   common.report("Memory op: reference vs xla (benchmarks/memory_op.py)", body, _WRITE.value)
 

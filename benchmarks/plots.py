@@ -339,7 +339,7 @@ def plot_memory_op(section: Section, out_dir: str) -> str:
             ("fwd+bwd peak MiB", "forward+backward XLA memory plan (MiB)"))
   for ax, (column, label) in zip(axes, panels):
     for (muon, impl), rows in keys.items():
-      style = dict(color=f"C{muons.index(muon)}", linestyle="--" if impl == "reference" else "-",
+      style = dict(color=f"C{muons.index(muon)}", linestyle={"reference": "--", "xla": "-"}.get(impl, ":"),
                    marker="o" if impl == "reference" else "s", label=f"Muon {muon}, {impl}")
       _plot_line(ax, *_series(table, rows, "T", column), **style)
     _loglog(ax, "T (tokens)", label)

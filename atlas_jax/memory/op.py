@@ -20,6 +20,7 @@ from atlas_jax.memory.chunked import chunked_memory
 from atlas_jax.memory.config import MemoryConfig
 from atlas_jax.memory.feature_maps import feature_dim
 from atlas_jax.memory.reference import reference_memory
+from atlas_jax.memory.sharded import mesh_context_size, per_block
 from atlas_jax.memory.state import Gates, MemoryState, init_state
 
 Implementation = Literal["auto", "reference", "xla", "pallas"]
@@ -58,7 +59,6 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
   opt_in = "the Pallas kernels cover this call but are opt-in (implementation='pallas')"
   if config.kind != "linear" or backend != "gpu":
     return "xla", f"{opt_in} for kind={config.kind!r} on {backend}: not timed ahead of xla (BENCHMARKS.md)"
-  from pallas_kernels.omega_chunk.sharded import mesh_context_size  # lazy, as above
   if (jax.device_count() if devices is None else devices) > 1 and mesh_context_size() <= 1:
     return "xla", (f"{opt_in} here: several devices but no jax.set_mesh with atlas_jax.sharding.logical_rules, "
                    "under which each device would run its own (batch, heads) block; without them XLA's SPMD "
@@ -146,26 +146,30 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
   dtype = next(iter(init_weights.values())).dtype if state is None else state.window_k.dtype
   impl = resolve_implementation(implementation, config, fresh_state=state is None,
                                 dtype=jnp.promote_types(q.dtype, dtype), key_dim=q.shape[-1])
-  batch, length, _, key_dim = q.shape
-  if impl == "pallas" and length:
+  if impl == "pallas" and q.shape[1] and state is not None:  # pallas_memory checks everything else
     from pallas_kernels.omega_chunk.ops import unsupported_reason  # lazy, see above
-    from pallas_kernels.omega_chunk.sharded import sharded_pallas_memory
-    if state is not None:  # pallas_memory checks everything else
-      raise NotImplementedError("implementation='pallas': "
-                                f"{unsupported_reason(config, fresh_state=False, dtype=dtype)}.")
-    return sharded_pallas_memory(q, k, v, gates, init_weights, config, feature_coeffs)
-  static_position = None
-  if state is None:
-    state = init_state(config, init_weights, batch, key_dim, v.shape[-1])
-    static_position = 0
-  if feature_coeffs is not None:
-    feature_coeffs = feature_coeffs.astype(state.window_k.dtype)
-  if length == 0:
-    return jnp.zeros(v.shape, q.dtype), state
-  if impl == "reference":
-    y, state = reference_memory(q, k, v, gates, state, config, feature_coeffs,
-                                remat_block=config.chunk_size * 4 if remat else 0)
-  else:
-    y, state = chunked_memory(q, k, v, gates, state, config, feature_coeffs, static_position=static_position,
-                              block_size=block_size, remat=remat, head_groups=head_groups)
-  return y.astype(q.dtype), state
+    reason = unsupported_reason(config, fresh_state=False, dtype=dtype)
+    raise NotImplementedError(f"implementation='pallas': {reason}.")
+
+  def local(q, k, v, gates, init_weights, feature_coeffs, state):  # one device's (batch, heads) block
+    batch, length, _, key_dim = q.shape
+    if impl == "pallas" and length:
+      from pallas_kernels.omega_chunk.ops import pallas_memory  # lazy, see above
+      return pallas_memory(q, k, v, gates, init_weights, config, feature_coeffs)
+    static_position = None
+    if state is None:
+      state = init_state(config, init_weights, batch, key_dim, v.shape[-1])
+      static_position = 0
+    if feature_coeffs is not None:
+      feature_coeffs = feature_coeffs.astype(state.window_k.dtype)
+    if length == 0:
+      return jnp.zeros(v.shape, q.dtype), state
+    if impl == "reference":
+      y, state = reference_memory(q, k, v, gates, state, config, feature_coeffs,
+                                  remat_block=config.chunk_size * 4 if remat else 0)
+    else:
+      y, state = chunked_memory(q, k, v, gates, state, config, feature_coeffs, static_position=static_position,
+                                block_size=block_size, remat=remat, head_groups=head_groups)
+    return y.astype(q.dtype), state
+
+  return per_block(local, q, k, v, gates, init_weights, feature_coeffs, state)

@@ -8,9 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from atlas_jax.memory import Gates, MemoryConfig, init_state, memory_op, resolve_implementation
-from tests.helpers import max_rel_error, memory_inputs
+from atlas_jax.sharding import DEFAULT_RULES, logical_rules
+from tests.helpers import compared_state, max_rel_error, memory_inputs
 
 ATLAS = MemoryConfig(kind="mlp", feature_map="polynomial", window=4, chunk_size=8, momentum=True, muon=True)
 
@@ -156,3 +158,33 @@ def test_max_grad_norm_keeps_a_diverging_memory_finite():
   finite = lambda c: bool(jnp.all(jnp.isfinite(memory_op(q, k, v, gates, weights, config=c)[0])))
   assert not finite(config)
   assert finite(dataclasses.replace(config, max_grad_norm=1.0))
+
+
+@pytest.mark.parametrize("implementation", ["xla", "reference"])
+def test_a_device_mesh_runs_each_batch_and_heads_block_on_its_device(implementation):
+  """Inside jax.set_mesh with logical rules the op runs per (batch, heads) block: outputs, state and gradients
+  (also when continuing from a state) equal the unsharded call's, the outputs keep the block layout, and the
+  compiled program moves no q, k or v between devices."""
+  config = MemoryConfig(kind="mlp", chunk_size=8, window=2, momentum=True)
+  q, k, v, gates, weights, _ = memory_inputs(config, batch=4, heads=2, length=21)
+  first = lambda: memory_op(q[:, :8], k[:, :8], v[:, :8], jax.tree.map(lambda g: g[:, :8], gates), weights,
+                            config=config, implementation=implementation)[1]
+
+  def loss(q, k, v, gates, weights, state):
+    y, state = memory_op(q, k, v, gates, weights, config=config, state=state, implementation=implementation)
+    return jnp.sum(y * jnp.cos(y)) + jnp.sum(state.weights["W1"] ** 2), (y, state)
+
+  run = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))
+  mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"))
+  tokens = P(("data", "fsdp"), None, "tensor")
+  put = lambda tree, spec: jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, spec)), tree)
+  for state in (None, first()):
+    (_, (y, final)), grads = run(q, k, v, gates, weights, state)
+    with jax.set_mesh(mesh), logical_rules(DEFAULT_RULES):
+      args = put((q, k, v), tokens) + (put(gates, tokens), put(weights, P("tensor")), state)
+      (_, (y_mesh, final_mesh)), grads_mesh = run(*args)
+      hlo = run.lower(*args).compile().as_text()
+    assert max_rel_error((y_mesh, compared_state(final_mesh)), (y, compared_state(final))) < 1e-5
+    assert max_rel_error(grads_mesh, grads) < 1e-5
+    assert y_mesh.sharding.spec == P(("data", "fsdp"), None, "tensor", None)
+    assert "all-gather" not in hlo and "all-to-all" not in hlo
