@@ -1,6 +1,7 @@
 """The memory layer (token mixer) of SPEC.md §6, with the finite memory op or the exponential kernel (§4).
 
-    x (normed) → q, k, v = linear(x) per head → causal depthwise conv (width 4) → SiLU → L2-normalise q, k
+    x (normed) → q, k, v = linear(x) per head (one projection, head-major channels) → causal depthwise conv
+      (width 4) → SiLU → L2-normalise q, k
       → gates from x, float32: α = σ(·) (as log α = −softplus(−·)), η = η_max σ(·), θ = σ(·), γ = σ(·)
       → memory → per-head RMSNorm of y → y ⊙ σ(linear(x)) → output projection
 

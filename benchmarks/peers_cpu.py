@@ -15,8 +15,8 @@ titans-pytorch reads at chunk granularity and, in its default mode (batch_size=N
 the call's initial weights; batch_size=64 re-anchors every chunk as Titans and SPEC.md define it. Our second row
 ("chunk reads") runs the same layer at chunk granularity (SPEC.md §3.6): reads at each chunk's anchor and weights
 that change once per chunk, the structure of titans-pytorch's batch_size=64 (its decay and momentum gates are per
-chunk, ours per token). The third row runs the first on two XLA host devices with the heads split over them (as
-the training loop shards heads over a tensor axis): the same process and cores, two heads' chunk scan per device.
+chunk, ours per token). The third and fourth rows run the first two on two XLA host devices with the heads split
+over them (as the training loop shards heads over a tensor axis): the same cores, two heads' chunk scan per device.
 Outputs are checked after the warm-up call: ours must be finite (the worker fails
 otherwise); titans-pytorch's finiteness is reported in the table, not enforced (its hyperparameters are its own).
 """
@@ -70,7 +70,9 @@ def main(argv):
                ("atlas-jax memory layer", "per-token reads, anchored per chunk of 64", "token", 1),
                ("atlas-jax memory layer, chunk reads", "chunk reads, re-anchored every 64", "chunk", 1),
                ("atlas-jax memory layer, heads on 2 host devices",
-                "per-token reads, anchored per chunk of 64", "token", 2))]
+                "per-token reads, anchored per chunk of 64", "token", 2),
+               ("atlas-jax memory layer, chunk reads, heads on 2 host devices",
+                "chunk reads, re-anchored every 64", "chunk", 2))]
   ours = [name for name, _, _ in sides]
   if _TORCH_PYTHON.value:
     worker = os.path.join(_HERE, "titans_worker.py")

@@ -397,7 +397,8 @@ def plot_peers(section: Section, out_dir: str) -> str:
   _bars(axes[0, 1], table, "fwd+bwd tok/s", "forward+backward tokens/s", goal=speed_goal)
   _bars(axes[1, 0], table, "fwd peak RSS MiB", "forward peak RSS (MiB)")
   _bars(axes[1, 1], table, "fwd+bwd peak RSS MiB", "forward+backward peak RSS (MiB)", goal=memory_goal)
-  axes[0, 1].legend(fontsize=8)
+  axes[0, 1].set_ylim(top=axes[0, 1].get_ylim()[1] * 1.9)  # room for the legend above the bars
+  axes[0, 1].legend(fontsize=7, loc="upper left")
   return _finish(fig, section, "Memory layer vs titans-pytorch NeuralMemory on CPU (matched config)",
                  os.path.join(out_dir, FIGURE_FILES["peers_cpu"]))
 

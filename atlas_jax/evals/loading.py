@@ -89,7 +89,7 @@ def _restore(workdir: str, step: int | None, seed: int):
     config = ModelConfig.from_dict(meta["model_config"])
     abstract = nnx.eval_shape(lambda: AtlasLM(config, rngs=nnx.Rngs(seed)))
     graphdef, abstract_params = nnx.split(abstract)
-    check_compatible(meta.get("param_shapes", {}), param_shapes(abstract_params), f"checkpoint {directory} step {step}")
+    check_compatible(meta, param_shapes(abstract_params), f"checkpoint {directory} step {step}")
     params, _ = checkpointer.restore(step, _single_device_target(abstract_params))
   finally:
     checkpointer.close()

@@ -26,8 +26,22 @@ def param_shapes(params) -> dict[str, list[int]]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
 
 
-def check_compatible(saved: dict[str, list[int]], expected: dict[str, list[int]], where: str) -> None:
-  """Raise naming the first parameter whose presence or shape differs."""
+# How parameters map to computation where shapes alone do not say. 2 (2026-11-27): the memory layers' fused q, k, v
+# projection and gate projection have head-major output channels (head, {q, k, v}, d) and (head, gate), so a tensor
+# axis gives each device whole heads; layout 1 (no "param_layout" in the meta) grouped them by q, k, v and by gate.
+PARAM_LAYOUT = 2
+
+
+def check_compatible(meta: dict, expected: dict[str, list[int]], where: str) -> None:
+  """Raise if the checkpoint with `meta` does not fit parameters of shapes `expected`, naming the first parameter
+  whose presence or shape differs, or the layout."""
+  layout = meta.get("param_layout", 1)
+  if layout != PARAM_LAYOUT:
+    raise ValueError(f"{where} has parameter layout {layout}; this version reads layout {PARAM_LAYOUT} (from "
+                     "layout 2 on, the memory layers' q, k, v and gate channels are head-major). Its parameters "
+                     "have the right shapes but would be read in the wrong order; use the atlas-jax version that "
+                     "wrote it.")
+  saved = meta.get("param_shapes", {})
   for path in sorted(set(saved) | set(expected)):
     if path not in saved:
       raise ValueError(f"{where} was written by another model: it has no parameter {path} "
@@ -53,7 +67,7 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def save(self, step: int, params, opt_state, meta: dict, *, force: bool = False) -> bool:
-    meta = dict(meta, step=int(step), param_shapes=param_shapes(params))
+    meta = dict(meta, step=int(step), param_shapes=param_shapes(params), param_layout=PARAM_LAYOUT)
     return self.manager.save(step, args=ocp.args.Composite(
         params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
         meta=ocp.args.JsonSave(meta)), force=force)
@@ -73,7 +87,7 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001  (any unreadable step is skipped)
         log.warning("%s is unreadable (%s: %s); trying the previous one.", where, type(e).__name__, e)
         continue
-      check_compatible(meta.get("param_shapes", {}), param_shapes(abstract_params), where)
+      check_compatible(meta, param_shapes(abstract_params), where)
       try:
         params, opt_state = self.restore(step, abstract_params, abstract_opt_state)
       except Exception as e:  # noqa: BLE001

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import jax
@@ -10,6 +11,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from flax import nnx
 
 from atlas_jax.sharding import Rules, logical_to_spec
+
+_log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -38,11 +41,32 @@ def make_mesh(shape, devices=None) -> Mesh:
 
 
 def state_shardings(abstract_state, mesh: Mesh, rules: Rules):
-  """NamedShardings for an nnx.State whose Params carry logical axis names."""
+  """NamedShardings for an nnx.State whose Params carry logical axis names.
+
+  A dimension that its mesh axes do not divide (a byte vocabulary of 257 over a tensor axis of 2) is not split
+  along those axes, with a warning naming the parameter's shape.
+  """
+  is_spec = lambda x: isinstance(x, PartitionSpec) or x is None
   specs = nnx.get_partition_spec(abstract_state)
-  return jax.tree_util.tree_map(
-      lambda spec: NamedSharding(mesh, logical_to_spec(tuple(spec), rules) if spec is not None else PartitionSpec()),
-      specs, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+  shapes = [x.shape for x in jax.tree_util.tree_leaves(abstract_state)]
+  leaves, treedef = jax.tree_util.tree_flatten(specs, is_leaf=is_spec)
+  shardings = []
+  for spec, shape in zip(leaves, shapes, strict=True):
+    resolved = logical_to_spec(tuple(spec), rules) if spec is not None else PartitionSpec()
+    shardings.append(NamedSharding(mesh, _divisible(resolved, shape, mesh, spec)))
+  return jax.tree_util.tree_unflatten(treedef, shardings)
+
+
+def _divisible(spec: PartitionSpec, shape, mesh: Mesh, logical) -> PartitionSpec:
+  entries = []
+  for size, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    if size % math.prod(mesh.shape[n] for n in names):
+      _log.warning("a parameter of shape %s with logical axes %s: %d is not divisible by mesh axes %s, so that "
+                   "dimension is replicated", shape, tuple(logical), size, names)
+      entry = None
+    entries.append(entry)
+  return PartitionSpec(*entries)
 
 
 def like_params(tree, params_structure, param_shardings, replicated):

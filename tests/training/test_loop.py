@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from atlas_jax.training import loop
+from atlas_jax.training import checkpoint, loop
 from atlas_jax.training.checkpoint import Checkpointer
 from tests.training import tiny_config
 
@@ -156,6 +156,16 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, straight_run):
   config.model.overrides.mlp_hidden = 96
   with pytest.raises(ValueError, match=r"another model: parameter .*mlp.* has shape"):
     loop.train_and_evaluate(config, str(tmp_path / "other"))
+
+
+def test_checkpoint_of_another_parameter_layout_is_refused(tmp_path, straight_run, monkeypatch):
+  """Shapes alone cannot tell a layout change (head-major q, k, v channels): the meta's param_layout does."""
+  monkeypatch.setattr(checkpoint, "PARAM_LAYOUT", checkpoint.PARAM_LAYOUT + 1)
+  config = tiny_config.get_config()
+  config.unlock()
+  config.init_from = os.path.join(straight_run, "checkpoints")
+  with pytest.raises(ValueError, match=r"has parameter layout \d; this version reads layout"):
+    loop.train_and_evaluate(config, str(tmp_path / "later"))
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
