@@ -30,7 +30,6 @@ import functools
 from absl import app, flags
 import jax
 import jax.numpy as jnp
-
 from jax.sharding import NamedSharding, PartitionSpec
 
 from atlas_jax.memory import MemoryConfig, memory_op

@@ -417,20 +417,28 @@ def plot_decode(section: Section, out_dir: str) -> str:
 
 
 def plot_train_throughput(section: Section, out_dir: str) -> str:
-  """Training tokens/s and share of the measured matmul peak per preset (horizontal bars, table order)."""
+  """Training tokens/s and share of the measured matmul peak per preset (horizontal bars, table order); where the
+  table has them, a second bar per preset for the step on several host devices."""
   table = section.table
   names = table.column("model")
-  fig, axes = plt.subplots(1, 2, figsize=(13, 0.35 * len(names) + 2))
+  split = next((c[len("tokens/s, "):] for c in table.columns if c.startswith("tokens/s, ")), None)
+  fig, axes = plt.subplots(1, 2, figsize=(13, (0.6 if split else 0.35) * len(names) + 2))
   for ax, (column, label) in zip(axes, (("tokens/s", "training tokens/s"),
                                         ("of matmul peak", "XLA-counted FLOP rate, % of matmul peak"))):
-    values = [v or 0.0 for v in table.numbers(column)]
-    bars = ax.barh(range(len(names)), values, color="C0")
-    ax.bar_label(bars, labels=[f"{v:,.1f}" if v < 100 else f"{v:,.0f}" for v in values], fontsize=7)
+    series = [(column, "one device")] + ([(f"{column}, {split}", split)] if split else [])
+    height = 0.8 / len(series)
+    for j, (name, legend) in enumerate(series):
+      values = [v or 0.0 for v in table.numbers(name)]
+      offset = (j - (len(series) - 1) / 2) * height
+      bars = ax.barh([i + offset for i in range(len(names))], values, height, color=f"C{j}", label=legend)
+      ax.bar_label(bars, labels=[f"{v:,.1f}" if v < 100 else f"{v:,.0f}" for v in values], fontsize=7)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlabel(label)
     ax.margins(x=0.12)
     ax.grid(True, axis="x", alpha=0.3)
+  if split:
+    axes[0].legend(fontsize=8, loc="lower right")
   return _finish(fig, section, "Training throughput per preset (full step: forward, backward, AdamW)",
                  os.path.join(out_dir, FIGURE_FILES["train_throughput"]))
 
