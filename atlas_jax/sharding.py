@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 
 import jax
 from jax.sharding import PartitionSpec
@@ -42,6 +43,21 @@ def current_rules() -> Rules | None:
   return _RULES.get()
 
 
+def axis_names(entry) -> tuple[str, ...]:
+  """The mesh axes of one PartitionSpec entry (a name, a tuple of names or None)."""
+  return (entry,) if isinstance(entry, str) else tuple(entry or ())
+
+
+def spec_entry(names: tuple[str, ...]):
+  """The PartitionSpec entry for mesh axes `names`: one name, a tuple, or None."""
+  return names[0] if len(names) == 1 else (names or None)
+
+
+def num_shards(entry, mesh_shape) -> int:
+  """How many pieces the mesh axes of `entry` cut a dimension into (`mesh_shape`: {axis: size})."""
+  return math.prod(mesh_shape[name] for name in axis_names(entry))
+
+
 def logical_to_spec(axes: tuple[str | None, ...], rules: Rules | None = None) -> PartitionSpec:
   """PartitionSpec for logical `axes` under `rules` (unknown names and None are replicated)."""
   table = dict(rules if rules is not None else (_RULES.get() or ()))
@@ -49,10 +65,9 @@ def logical_to_spec(axes: tuple[str | None, ...], rules: Rules | None = None) ->
   spec = []
   for name in axes:
     target = table.get(name) if name is not None else None
-    names = (target,) if isinstance(target, str) else tuple(target or ())
-    names = tuple(n for n in names if n not in used)  # a mesh axis may shard only one dimension
+    names = tuple(n for n in axis_names(target) if n not in used)  # a mesh axis may shard only one dimension
     used.update(names)
-    spec.append(names[0] if len(names) == 1 else (names or None))
+    spec.append(spec_entry(names))
   return PartitionSpec(*spec)
 
 

@@ -12,14 +12,13 @@ scan's small products on one core, while the devices of ``jax_num_cpu_devices`` 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable
 
 import jax
 from jax.sharding import PartitionSpec
 
 from atlas_jax.memory.state import Gates, MemoryState
-from atlas_jax.sharding import current_rules, logical_to_spec
+from atlas_jax.sharding import axis_names, current_rules, logical_to_spec, num_shards, spec_entry
 
 _map = jax.tree_util.tree_map
 
@@ -30,19 +29,13 @@ def mesh_context_size() -> int:
   return 0 if mesh.empty or current_rules() is None else mesh.size
 
 
-def _splits(size: int, axes) -> bool:
-  """Whether the mesh axes `axes` (a name, a tuple of names or None) divide `size` evenly."""
-  shape = jax.sharding.get_abstract_mesh().shape
-  names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-  return size % math.prod(shape[name] for name in names) == 0
+def _splits(size: int, entry) -> bool:
+  """Whether the context mesh's axes of a PartitionSpec `entry` divide `size` evenly."""
+  return size % num_shards(entry, jax.sharding.get_abstract_mesh().shape) == 0
 
 
 def _explicit_part(spec: PartitionSpec, explicit: set[str]) -> PartitionSpec:
-  entries = []
-  for entry in spec:
-    names = tuple(n for n in ((entry,) if isinstance(entry, str) else tuple(entry or ())) if n in explicit)
-    entries.append(names[0] if len(names) == 1 else (names or None))
-  return PartitionSpec(*entries)
+  return PartitionSpec(*(spec_entry(tuple(n for n in axis_names(e) if n in explicit)) for e in spec))
 
 
 def _laid_out(args, specs):

@@ -10,7 +10,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from flax import nnx
 
-from atlas_jax.sharding import Rules, logical_to_spec
+from atlas_jax.sharding import Rules, axis_names, logical_to_spec, num_shards
 
 _log = logging.getLogger(__name__)
 
@@ -60,10 +60,9 @@ def state_shardings(abstract_state, mesh: Mesh, rules: Rules):
 def _divisible(spec: PartitionSpec, shape, mesh: Mesh, logical) -> PartitionSpec:
   entries = []
   for size, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    names = (entry,) if isinstance(entry, str) else tuple(entry or ())
-    if size % math.prod(mesh.shape[n] for n in names):
+    if size % num_shards(entry, mesh.shape):
       _log.warning("a parameter of shape %s with logical axes %s: %d is not divisible by mesh axes %s, so that "
-                   "dimension is replicated", shape, tuple(logical), size, names)
+                   "dimension is replicated", shape, tuple(logical), size, axis_names(entry))
       entry = None
     entries.append(entry)
   return PartitionSpec(*entries)
