@@ -123,7 +123,7 @@ def main(argv):
         if implementation == "reference" and length > max_reference:
           continue
         print(f"[memory_op] muon={muon} {implementation} T={length} ...", flush=True)
-        with_backward = implementation == "xla" or length <= _MAX_REFERENCE_BWD.value
+        with_backward = implementation != "reference" or length <= _MAX_REFERENCE_BWD.value
         t_fwd, t_bwd, mem = _cell(config, implementation, length, with_backward)
         times[muon, implementation, length] = (t_fwd, t_bwd)
         tokens = _BATCH.value * length
