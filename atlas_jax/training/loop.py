@@ -36,6 +36,17 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+def divergence_hint(model_config: ModelConfig) -> str:
+  """What to try when a loss goes non-finite: for an MLP memory with momentum and without Muon (titans,
+  omeganet), the inner optimiser's known divergence and its opt-in bound (README, Models); else ""."""
+  mem = model_config.memory
+  uses_memory = any(block in ("memory", "mag", "mal") for block in model_config.blocks)
+  if not uses_memory or mem.kind == "linear" or not mem.momentum or mem.muon or mem.max_grad_norm is not None:
+    return ""
+  return (" An MLP memory with momentum and without Muon can diverge on long sequences (README, Models); "
+          "--config.model.overrides.memory.max_grad_norm=1.0 bounds each inner gradient (opt-in, beyond SPEC.md).")
+
+
 def model_config_from(config) -> ModelConfig:
   """The ModelConfig of ``config.model`` (see ``presets.preset_config``)."""
   return preset_config(config.model.preset, config.model.size, config.model.overrides)
@@ -163,7 +174,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           raise NonFiniteLossError(
               f"non-finite loss ({loss}) at step {step}; stopping. The last checkpoint "
               f"(step {max(checkpointer.steps(), default='none')}) is intact; lower the learning rate or check "
-              "the data.")
+              "the data." + divergence_hint(model_config))
         progress.update(step, loss, force=step == config.train.steps)
         if step % config.train.log_every == 0:
           writer.write(step, {"train/loss": loss, "train/grad_norm": float(metrics["grad_norm"])})

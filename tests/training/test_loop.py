@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+from atlas_jax.presets import preset_config
 from atlas_jax.training import checkpoint, loop
 from atlas_jax.training.checkpoint import Checkpointer
 from tests.training import tiny_config
@@ -35,6 +36,7 @@ def _final_params(workdir: str, step: int):
 _CHILD = r"""
 import os, signal, sys
 sys.path.insert(0, {root!r})
+from atlas_jax.presets import preset_config
 from atlas_jax.training import checkpoint, loop
 from tests.training import tiny_config
 config = tiny_config.get_config()
@@ -120,6 +122,15 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
   last = max(checkpointer.steps())
   params = _final_params(workdir, last)
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(params))
+
+
+def test_non_finite_loss_names_the_memory_bound_for_memories_that_can_diverge():
+  """The stop message points titans-like memories (MLP, momentum, no Muon) at max_grad_norm, and only them."""
+  hint = lambda preset, **memory: loop.divergence_hint(
+      preset_config(preset, "tiny", {"memory": memory} if memory else {}))
+  assert "max_grad_norm" in hint("titans") and "max_grad_norm" in hint("omeganet")
+  assert hint("titans", max_grad_norm=1.0) == ""
+  assert hint("atlas") == "" and hint("delta") == "" and hint("transformer++") == ""
 
 
 def test_fine_tune_with_another_length_and_mesh(tmp_path, straight_run):
