@@ -36,7 +36,6 @@ def _final_params(workdir: str, step: int):
 _CHILD = r"""
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from atlas_jax.presets import preset_config
 from atlas_jax.training import checkpoint, loop
 from tests.training import tiny_config
 config = tiny_config.get_config()
