@@ -9,6 +9,7 @@ way for comparison). Expected on a 2-core CPU: under 5 minutes with tcmalloc pre
 reaches about 1.4 nats per byte (perplexity ≈ 4.1) after 600 steps of 2,048 tokens.
 """
 
+from atlas_jax.presets import get_preset
 from experiments.configs import common
 
 
@@ -18,11 +19,11 @@ def get_config(arg: str | None = None):
   c.model.size = "tiny"
   c.model.overrides.vocab_size = 257
   c.model.overrides.width = 128
-  c.model.overrides.num_layers = 2
-  c.model.overrides.blocks = (("attention" if c.model.preset == "transformer++" else "memory"),) * 2
+  c.model.overrides.num_layers = 2  # the preset derives its blocks (memory, attention, swa, mag, …) from this
   c.model.overrides.num_heads = 4
   c.model.overrides.mlp_hidden = 384
-  c.model.overrides.memory_heads = 4  # 4 memory heads of 16 (H·V = 64, projected back to 128)
+  if "mag" not in get_preset(c.model.preset, "tiny").blocks:  # MAG gates attention with the memory: H·V = width
+    c.model.overrides.memory_heads = 4  # e.g. ATLAS: 4 memory heads of 16 (H·V = 64, projected back to 128)
   # C = 64 amortises the one Newton–Schulz per chunk of ATLAS's chunk-granularity Muon (C = 8 is 6× slower).
   c.model.overrides.memory.chunk_size = 64
   c.data.source = "bible"

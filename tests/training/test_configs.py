@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from atlas_jax.presets import PRESETS, get_preset
 from atlas_jax.training.loop import model_config_from
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +32,16 @@ def test_config_loads_locked_and_builds(path):
     config.train.stepz = 1  # locked: a typo is an error
   model = model_config_from(config)
   assert model.num_layers > 0
-  assert model_config_from(module.get_config("titans")).blocks[0] in ("memory", "attention")
+
+
+@pytest.mark.parametrize("path", FILES, ids=os.path.basename)
+def test_every_preset_keeps_its_own_blocks(path):
+  """A config's preset argument picks the model: its block kinds are the preset's (a config once forced memory
+  blocks on every preset, so demo.py:swa trained memory layers)."""
+  module = _load(path)
+  for name in PRESETS:
+    model = model_config_from(module.get_config(name))
+    assert set(model.blocks) == set(get_preset(name, "tiny").blocks), name
 
 
 def test_overrides_re_derive_dependent_fields():
