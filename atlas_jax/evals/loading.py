@@ -28,7 +28,7 @@ from flax import nnx
 from atlas_jax.config import ModelConfig
 from atlas_jax.model import AtlasLM
 from atlas_jax.presets import preset_config
-from atlas_jax.training.checkpoint import Checkpointer, check_compatible, param_shapes
+from atlas_jax.training.checkpoint import Checkpointer, check_compatible, checkpoint_dir, param_shapes
 from atlas_jax.training.tokenizers import make_tokenizer
 
 
@@ -51,20 +51,6 @@ def _check_vocab(tokenizer, config: ModelConfig, where: str) -> None:
                      "was trained with (or a model with a larger vocabulary).")
 
 
-def _checkpoint_dir(workdir: str) -> str:
-  """`<workdir>/checkpoints`, or `workdir` itself when it is a checkpoint directory."""
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"workdir={workdir!r} does not exist (expected a training workdir with a "
-                            "checkpoints/ folder).")
-  nested = os.path.join(workdir, "checkpoints")
-  if os.path.isdir(nested):
-    return nested
-  if any(name.isdigit() for name in os.listdir(workdir)):
-    return workdir
-  raise FileNotFoundError(f"workdir={workdir!r} has no checkpoints/ folder; is it a training workdir "
-                          "(atlas_jax.training.loop.train_and_evaluate writes <workdir>/checkpoints)?")
-
-
 def _single_device_target(abstract_params):
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)
@@ -72,8 +58,8 @@ def _single_device_target(abstract_params):
 
 def _restore(workdir: str, step: int | None, seed: int):
   """(model, step, meta) from the given or newest checkpoint step of `workdir`."""
-  directory = _checkpoint_dir(workdir)
-  checkpointer = Checkpointer(directory, async_save=False)
+  directory = checkpoint_dir(workdir)
+  checkpointer = Checkpointer(directory, async_save=False, read_only=True)
   try:
     steps = checkpointer.steps()
     if not steps:

@@ -5,15 +5,19 @@ Items of one checkpoint (an Orbax Composite; nothing is pickled):
   opt_state  StandardSave of the optimiser state
   meta       JSON: step, model config, parameter shapes, data-iterator state
 Orbax writes each step to a temporary directory and renames it when complete, so a crash mid-save leaves no
-listed step. A step that fails to restore (corrupted or partial files) is skipped with a warning and the previous
-one is tried. A checkpoint of another model is refused with the first mismatching parameter named.
+listed step. A step that fails to restore (corrupted or partial files) is moved aside, renamed
+``unrestorable-<step>-<unix time>`` (kept for inspection, no longer listed, so that step number can be saved again),
+with a warning, and the previous one is tried. A checkpoint of another model is refused with the first mismatching parameter named.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -54,13 +58,33 @@ def check_compatible(meta: dict, expected: dict[str, list[int]], where: str) -> 
                        f"this model expects {expected[path]}.")
 
 
-class Checkpointer:
-  """A CheckpointManager with keep-N, a save interval, async saves, resume and corruption fallback."""
+def checkpoint_dir(path: str, flag: str = "workdir") -> str:
+  """The checkpoint folder of a training run: ``<path>/checkpoints``, or `path` itself when it holds step folders.
+  Raises FileNotFoundError naming `flag` when it is neither."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{flag}={path!r} does not exist (expected a training workdir with a checkpoints/ "
+                            "folder, or that folder).")
+  nested = os.path.join(path, "checkpoints")
+  if os.path.isdir(nested):
+    return nested
+  if any(name.isdigit() for name in os.listdir(path)):
+    return path
+  raise FileNotFoundError(f"{flag}={path!r} has no checkpoints/ folder and no step folders; is it a training "
+                          "workdir (atlas_jax.training.loop.train_and_evaluate writes <workdir>/checkpoints)?")
 
-  def __init__(self, directory: str, *, keep: int = 3, interval: int = 1, async_save: bool = True):
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval, create=True,
-                                           enable_async_checkpointing=async_save)
+
+class Checkpointer:
+  """A CheckpointManager with keep-N, a save interval, async saves, resume and corruption fallback.
+
+  read_only: for another run's checkpoints (fine-tuning, evaluation): nothing is created, saved or moved there.
+  """
+
+  def __init__(self, directory: str, *, keep: int = 3, interval: int = 1, async_save: bool = True,
+               read_only: bool = False):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=interval, create=not read_only,
+                                           read_only=read_only, enable_async_checkpointing=async_save)
     self.directory = directory
+    self.read_only = read_only
     self.manager = ocp.CheckpointManager(directory, options=options)
 
   def steps(self) -> list[int]:
@@ -84,17 +108,31 @@ class Checkpointer:
       where = f"checkpoint {self.directory} step {step}"
       try:
         meta = self.read_meta(step)
-      except Exception as e:  # noqa: BLE001  (any unreadable step is skipped)
-        log.warning("%s is unreadable (%s: %s); trying the previous one.", where, type(e).__name__, e)
+      except Exception as e:  # noqa: BLE001  (any unreadable step is set aside)
+        self._set_aside(step, f"{where} is unreadable ({type(e).__name__}: {e})")
         continue
       check_compatible(meta, param_shapes(abstract_params), where)
       try:
         params, opt_state = self.restore(step, abstract_params, abstract_opt_state)
       except Exception as e:  # noqa: BLE001
-        log.warning("%s could not be restored (%s: %s); trying the previous one.", where, type(e).__name__, e)
+        self._set_aside(step, f"{where} could not be restored ({type(e).__name__}: {e})")
         continue
       return step, params, opt_state, meta
     return None
+
+  def _set_aside(self, step: int, why: str) -> None:
+    """Rename an unrestorable step out of the manager's listing (nothing is deleted). Left listed, it would make
+    Orbax refuse every later save up to its step number. Read-only: only skipped."""
+    if self.read_only:
+      log.warning("%s; trying the previous one.", why)
+      return
+    source = self.manager.directory / str(step)
+    target = self.manager.directory / f"unrestorable-{step}-{int(time.time())}"
+    if jax.process_index() == 0 and source.exists():
+      source.rename(target)
+    multihost_utils.sync_global_devices(f"checkpoint step {step} set aside")
+    self.manager.reload()
+    log.warning("%s; moved it to %s and trying the previous one.", why, target)
 
   def restore(self, step: int, abstract_params, abstract_opt_state=None):
     """(params, opt_state or None) of `step`, restored onto the abstract values' shardings (no shape check:

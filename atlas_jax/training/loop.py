@@ -24,7 +24,7 @@ from atlas_jax.sampling import generate
 from atlas_jax.sharding import logical_rules
 from atlas_jax.training import data as data_lib
 from atlas_jax.training import mesh as mesh_lib
-from atlas_jax.training.checkpoint import Checkpointer
+from atlas_jax.training.checkpoint import Checkpointer, checkpoint_dir
 from atlas_jax.training.metrics import MetricWriter, Progress
 from atlas_jax.training.optim import make_optimizer
 from atlas_jax.training.step import make_eval_step, make_train_step
@@ -201,7 +201,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
 def _fine_tune_params(directory: str, target):
   """Parameters only from another run's newest checkpoint (new optimiser; any mesh or sequence length)."""
-  checkpointer = Checkpointer(directory, async_save=False)
+  directory = checkpoint_dir(directory, "init_from")
+  checkpointer = Checkpointer(directory, async_save=False, read_only=True)
   if not checkpointer.steps():
     raise FileNotFoundError(f"init_from={directory!r} holds no checkpoint.")
   restored = checkpointer.restore_latest(target)

@@ -90,7 +90,7 @@ def test_resume_after_sigkill_during_a_save(tmp_path, straight_run):
   _assert_same_params(straight_run, killed, 6)
 
 
-def test_corrupted_latest_checkpoint_is_skipped(tmp_path, straight_run, caplog):
+def test_corrupted_latest_checkpoint_is_set_aside_and_its_step_retrained(tmp_path, straight_run, caplog):
   import shutil
 
   workdir = str(tmp_path / "corrupt")
@@ -100,13 +100,13 @@ def test_corrupted_latest_checkpoint_is_skipped(tmp_path, straight_run, caplog):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
-  config = tiny_config.get_config()
-  config.unlock()
-  config.train.steps = 7
   with caplog.at_level("WARNING"):
-    results = loop.train_and_evaluate(config, workdir)
-  assert results["step"] == 7
+    results = loop.train_and_evaluate(tiny_config.get_config(), workdir)  # the same 6 steps: step 6 again
+  assert results["step"] == 6
   assert any("step 6" in r.getMessage() and "previous" in r.getMessage() for r in caplog.records)
+  set_aside = [n for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.startswith("unrestorable-6-")]
+  assert len(set_aside) == 1  # kept for inspection, not listed
+  _assert_same_params(straight_run, workdir, 6)  # the retrained step 6 was saved
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
@@ -162,10 +162,19 @@ def test_pallas_memory_trains_on_a_mesh_like_xla(tmp_path):
 def test_checkpoint_of_another_model_is_refused(tmp_path, straight_run):
   config = tiny_config.get_config()
   config.unlock()
-  config.init_from = os.path.join(straight_run, "checkpoints")
+  config.init_from = straight_run  # a workdir works as well as its checkpoints/ folder
   config.model.overrides.mlp_hidden = 96
   with pytest.raises(ValueError, match=r"another model: parameter .*mlp.* has shape"):
     loop.train_and_evaluate(config, str(tmp_path / "other"))
+
+
+def test_missing_init_from_is_named_and_not_created(tmp_path):
+  config = tiny_config.get_config()
+  config.unlock()
+  config.init_from = str(tmp_path / "no_such_run" / "checkpoints")
+  with pytest.raises(FileNotFoundError, match=r"init_from=.*no_such_run.* does not exist"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "no_such_run")
 
 
 def test_checkpoint_of_another_parameter_layout_is_refused(tmp_path, straight_run, monkeypatch):
