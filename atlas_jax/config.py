@@ -94,6 +94,8 @@ class ModelConfig:
                        f"width ({self.memory_heads}·{self.memory_head_dim} ≠ {self.width}).")
     if self.memory.residual is True and self.memory_head_dim <= 0:
       raise ValueError("memory_head_dim must be positive.")
+    if self.swa_window < 1:
+      raise ValueError(f"swa_window={self.swa_window}; expected ≥ 1 (tokens each position attends to).")
     if self.eta_init is not None and not 0.0 < self.eta_init < 1.0:
       raise ValueError(f"eta_init={self.eta_init} is σ(η's initial bias); expected a share of eta_max in (0, 1).")
 

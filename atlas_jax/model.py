@@ -23,7 +23,8 @@ from atlas_jax.sharding import constrain
 
 
 def check_tokens(tokens, vocab_size: int) -> None:
-  """Raise if concrete token ids fall outside [0, vocab_size) (never clip silently)."""
+  """Raise if concrete token ids fall outside [0, vocab_size) (never clip silently). Traced ids cannot raise:
+  ``AtlasLM`` embeds those as NaN, so the logits (and a loss) show them."""
   if isinstance(tokens, jax.core.Tracer):
     return
   arr = np.asarray(tokens)
@@ -54,7 +55,10 @@ class AtlasLM(nnx.Module):
         param_dtype=config.jnp_param_dtype)
 
   def init_cache(self, batch: int, max_length: int):
-    """Decoding state for `max_length` tokens: KV caches for attention, streaming state for memories."""
+    """Decoding state for `max_length` tokens: KV caches for attention, streaming state for memories.
+
+    Decoding past `max_length` is not detected under jit (attention's cache drops the writes), so size it for
+    the prompt plus every token to come, as ``sampling.generate`` does."""
     if self.config.scan_layers:
       @nnx.vmap(in_axes=(0,), out_axes=0)
       def stacked(block):
@@ -72,7 +76,9 @@ class AtlasLM(nnx.Module):
     """tokens [B, T] int → (the block stack's output [B, T, D] before the final norm, cache or None)."""
     config = self.config
     check_tokens(tokens, config.vocab_size)
-    x = jnp.take(self.embed[...], tokens, axis=0).astype(config.jnp_dtype)
+    # Ids outside [0, vocab) embed as NaN (negative ids would otherwise wrap around, as in NumPy).
+    tokens = jnp.where(tokens < 0, config.vocab_size, tokens)
+    x = jnp.take(self.embed[...], tokens, axis=0, mode="fill", fill_value=jnp.nan).astype(config.jnp_dtype)
     x = constrain(x, ("batch", "length", "embed"))
     call = (lambda block, x, c: block(x, c))
     if config.remat == "full":

@@ -18,6 +18,12 @@ from atlas_jax.model import AtlasLM, check_tokens
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0) -> jax.Array:
   """Sample ids from logits [B, vocab]. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+  if not (temperature >= 0.0 and temperature != float("inf")):  # also refuses NaN
+    raise ValueError(f"temperature={temperature}; expected a finite value ≥ 0 (0 is greedy).")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p={top_p}; expected 0 < top_p ≤ 1 (1 keeps every token).")
+  if top_k < 0:
+    raise ValueError(f"top_k={top_k}; expected ≥ 0 (0 keeps every token).")
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits.astype(jnp.float32) / temperature
@@ -29,7 +35,7 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: float = 1.0, t
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
     cumulative = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
     # Keep a token if the mass before it is < top_p (the most likely token is always kept).
-    drop_sorted = (cumulative - jax.nn.softmax(sorted_logits, axis=-1)) >= top_p
+    drop_sorted = ((cumulative - jax.nn.softmax(sorted_logits, axis=-1)) >= top_p).at[:, 0].set(False)
     drop = jnp.zeros_like(drop_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
     logits = jnp.where(drop, -jnp.inf, logits)
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
@@ -37,15 +43,15 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: float = 1.0, t
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "steps", "temperature", "top_k", "top_p"))
 def _decode(graphdef, state, cache, first, key, *, steps, temperature, top_k, top_p):
-  model = nnx.merge(graphdef, state)
-
+  # The parameters travel in the carry and the model is merged inside the body: merged outside, nnx.scan over
+  # layers and nnx.remat would touch parameters of another trace level.
   def step(carry, key):
-    token, cache = carry
-    logits, cache = model(token[:, None], cache)
+    token, cache, state = carry
+    logits, cache = nnx.merge(graphdef, state)(token[:, None], cache)
     nxt = sample_logits(logits[:, -1], key, temperature, top_k, top_p)
-    return (nxt, cache), nxt
+    return (nxt, cache, state), nxt
 
-  _, tokens = jax.lax.scan(step, (first, cache), jax.random.split(key, steps))
+  _, tokens = jax.lax.scan(step, (first, cache, state), jax.random.split(key, steps))
   return jnp.moveaxis(tokens, 0, 1)
 
 

@@ -95,6 +95,11 @@ def test_out_of_range_tokens_are_an_error():
   model = AtlasLM(get_preset("delta", "tiny"), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"token ids must lie in \[0, 256\)"):
     model(jnp.array([[1, 2, 256]]))
+  # Traced ids cannot raise: they embed as NaN, so the logits show them (a negative id must not wrap around).
+  forward = nnx.jit(lambda m, t: m(t)[0])
+  assert np.all(np.isfinite(forward(model, jnp.array([[1, 2, 255]]))))
+  for bad in (-1, 256):
+    assert not np.all(np.isfinite(forward(model, jnp.array([[1, 2, bad]])))), bad
 
 
 def test_parameters_carry_logical_axes():
@@ -121,11 +126,18 @@ def test_sampling_filters():
   assert set(draw(temperature=0.0)) == {0}
   assert set(draw(top_k=2)) <= {0, 1}
   assert set(draw(top_p=0.7)) <= {0, 1}  # 0.5 + 0.3 reaches 0.7
+  assert set(draw(top_p=1e-9)) == {0}  # the most likely token is always kept
   assert len(set(draw())) >= 3
+  for bad in (dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_p=0.0), dict(top_p=1.5),
+              dict(top_k=-1)):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+      sample_logits(logits, keys[0], **bad)
 
 
-def test_generate_greedy_matches_argmax_of_full_forward():
-  model = AtlasLM(get_preset("atlas_mag", "tiny"), rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("overrides", [{}, {"scan_layers": True, "remat": "full"}], ids=["unrolled", "scanned"])
+def test_generate_greedy_matches_argmax_of_full_forward(overrides):
+  """Also with scanned, rematerialised layers, as every paper-size preset has them."""
+  model = AtlasLM(get_preset("atlas_mag", "tiny", **overrides), rngs=nnx.Rngs(0))
   prompt = _tokens(length=5)
   out = generate(model, prompt, 6, jax.random.PRNGKey(0), temperature=0.0)
   assert out.shape == (2, 11)
@@ -142,4 +154,6 @@ def test_config_rejects_bad_values():
     ModelConfig(blocks=("memory", "swa"), scan_layers=True)
   with pytest.raises(ValueError, match="unknown preset"):
     get_preset("atlantis")
+  with pytest.raises(ValueError, match="swa_window=0"):
+    get_preset("swa", "tiny", swa_window=0)
   assert ModelConfig.from_dict(get_preset("atlas").to_dict()) == get_preset("atlas")
