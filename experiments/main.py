@@ -1,7 +1,7 @@
 """Entry point: flags → banner → distributed init → ``train_and_evaluate(config, workdir)``.
 
     python -m experiments.main --config=experiments/configs/demo.py --workdir=/tmp/atlas_demo
-    python -m experiments.main --config=experiments/configs/atlas_760m.py --workdir=gs://... \
+    python -m experiments.main --config=experiments/configs/paper_760m.py:atlas --workdir=/shared/runs/atlas_760m \
         --config.train.steps=1000 --coordinator_address=host0:1234 --num_processes=8 --process_id=$RANK
 
 Multi-host: pass --coordinator_address/--num_processes/--process_id, or nothing on a TPU pod or a SLURM/Open MPI
@@ -28,16 +28,23 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _initialise_distributed() -> None:
+  """jax.distributed from the flags, or from the environment (TPU pods, SLURM, Open MPI) when none is given.
+
+  Only "no cluster found" (ValueError) falls back to one process; a cluster that fails to connect is an error, so a
+  misconfigured job never runs as N independent copies writing one workdir."""
   mode = _DISTRIBUTED.value
-  if mode == "false" or (mode == "auto" and not _COORDINATOR.value):
-    try:
-      if mode == "auto":
-        jax.distributed.initialize()  # TPU pods, SLURM, Open MPI: read from the environment
-    except (ValueError, RuntimeError):
-      pass  # a single process
+  if mode == "false":
     return
-  jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                             process_id=_PROCESS_ID.value)
+  given = {name: value for name, value in (("coordinator_address", _COORDINATOR.value),
+                                           ("num_processes", _NUM_PROCESSES.value),
+                                           ("process_id", _PROCESS_ID.value)) if value is not None}
+  if mode == "auto" and not given:
+    try:
+      jax.distributed.initialize()
+    except ValueError:
+      pass  # no cluster environment: a single process
+    return
+  jax.distributed.initialize(**given)
 
 
 def main(argv):

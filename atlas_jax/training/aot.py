@@ -8,7 +8,6 @@ device and the compiled FLOP count.
 
 from __future__ import annotations
 
-import os
 import sys
 import types
 
@@ -52,10 +51,11 @@ def main(argv=None) -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--seq_len", type=int, default=4096)
   args = parser.parse_args(argv)
-  if args.fake_devices:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               f" --xla_force_host_platform_device_count={args.fake_devices}")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  import jax
+
+  if args.fake_devices:  # jax is already imported (atlas_jax imports it): set its config, not the environment
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", args.fake_devices)
   from atlas_jax.presets import count_params, get_preset
   from atlas_jax.sharding import DEFAULT_RULES
   from atlas_jax.training.mesh import make_mesh

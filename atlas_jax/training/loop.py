@@ -72,14 +72,35 @@ def _put_batch(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
   return jax.make_array_from_process_local_data(sharding, batch, global_shape)
 
 
-def _evaluate(eval_step, params, val_tokens, config, batch_sharding) -> float:
-  ds = data_lib.make_dataset(val_tokens, config.data.seq_len, config.data.batch_size, seed=0,
-                             process_index=jax.process_index(), process_count=jax.process_count(),
-                             shuffle=False, repeat=False)
-  n = min(config.train.eval_batches, len(ds))
+def _validation(val_tokens, config):
+  """(this process's validation dataset, batches per evaluation). The count is the same on every process: each
+  batch is one collective step, so a process with a batch more would wait for the others forever."""
+  processes = jax.process_count()
+  make = lambda index: data_lib.make_dataset(val_tokens, config.data.seq_len, config.data.batch_size, seed=0,
+                                             process_index=index, process_count=processes, shuffle=False,
+                                             repeat=False)
+  n = min([config.train.eval_batches] + [len(make(index)) for index in range(processes)])
   if n == 0:
     raise ValueError(f"the validation split has fewer than one batch of {config.data.batch_size} × "
-                     f"{config.data.seq_len + 1} tokens; lower batch_size/seq_len or raise val_fraction.")
+                     f"{config.data.seq_len + 1} tokens per process; lower data.batch_size/data.seq_len or raise "
+                     "data.val_fraction.")
+  return make(jax.process_index()), n
+
+
+def _check_batches_fit_mesh(config, mesh) -> None:
+  """Training and validation batches are split over the mesh's data × fsdp devices: refuse sizes they do not
+  divide before step 1 (not at the first evaluation, thousands of steps in)."""
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  processes = jax.process_count()
+  for what, rows in (("data.batch_size × train.grad_accum", config.data.batch_size * config.train.grad_accum),
+                     ("data.batch_size (validation batches)", config.data.batch_size)):
+    if (rows * processes) % shards:
+      raise ValueError(f"{what} × {processes} process(es) = {rows * processes} rows per step, which the mesh's "
+                       f"data × fsdp = {shards} devices do not divide; change data.batch_size or mesh.shape.")
+
+
+def _evaluate(eval_step, params, validation, batch_sharding) -> float:
+  ds, n = validation
   losses = [float(eval_step(params, _put_batch(ds[i], batch_sharding))) for i in range(n)]
   return float(np.mean(losses))
 
@@ -116,6 +137,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   train_ds = data_lib.make_dataset(train_tokens, config.data.seq_len, per_process_batch, seed=config.data.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count())
   train_iter = data_lib.make_iterator(train_ds, config.data.num_workers)
+  _check_batches_fit_mesh(config, mesh)
+  validation = _validation(val_tokens, config)
   if is_main:
     print(f"data: {len(train_tokens):,} training and {len(val_tokens):,} validation tokens "
           f"({config.data.source}, {config.data.tokenizer} tokenizer)", flush=True)
@@ -169,17 +192,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         batch = _put_batch(next(train_iter), batch_sharding)
         params, opt_state, metrics = train_step(params, opt_state, batch)
         step += 1
-        loss = float(metrics["loss"])
-        if not math.isfinite(loss):
+        loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # a non-finite gradient poisons the update
           raise NonFiniteLossError(
-              f"non-finite loss ({loss}) at step {step}; stopping. The last checkpoint "
+              f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; stopping. The last checkpoint "
               f"(step {max(checkpointer.steps(), default='none')}) is intact; lower the learning rate or check "
               "the data." + divergence_hint(model_config))
+        save(step, force=step == config.train.steps)  # before evaluating or sampling, which may fail
         progress.update(step, loss, force=step == config.train.steps)
         if step % config.train.log_every == 0:
-          writer.write(step, {"train/loss": loss, "train/grad_norm": float(metrics["grad_norm"])})
+          writer.write(step, {"train/loss": loss, "train/grad_norm": grad_norm})
         if step % config.train.eval_every == 0 or step == config.train.steps:
-          val = _evaluate(eval_step, params, val_tokens, config, batch_sharding)
+          val = _evaluate(eval_step, params, validation, batch_sharding)
           results = {"val/loss": val, "val/perplexity": math.exp(min(val, 50.0))}
           writer.write(step, results)
           if is_main:
@@ -190,7 +214,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           writer.text(step, "sample", text)
           if is_main:
             print(f"sample at step {step}: {text!r}", flush=True)
-        save(step, force=step == config.train.steps)
     finally:
       checkpointer.close()
       writer.close()

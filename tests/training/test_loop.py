@@ -207,6 +207,13 @@ def test_bad_inputs_give_clear_errors(tmp_path):
   config.model.overrides.widht = 3
   with pytest.raises(ValueError, match=r"unknown model override keys: \['widht'\]"):
     loop.train_and_evaluate(config, str(tmp_path / "d"))
+  del config.model.overrides["widht"]
+  config.mesh.shape = (8, 1, 1)
+  config.data.batch_size, config.train.grad_accum = 4, 2  # trains on 8 devices, but validates 4 rows on them
+  with pytest.raises(ValueError, match=r"data.batch_size \(validation batches\) .* 4 rows per step, which the "
+                     r"mesh's data × fsdp = 8 devices do not divide"):
+    loop.train_and_evaluate(config, str(tmp_path / "e"))
+  assert not os.path.exists(tmp_path / "e" / "checkpoints" / "1")  # refused before step 1
 
 
 def test_main_rejects_unknown_and_mistyped_flags(tmp_path):
