@@ -7,11 +7,16 @@ import optax
 
 
 def learning_rate_schedule(train_config) -> optax.Schedule:
-  """Linear warmup to ``lr`` over ``warmup_steps``, cosine decay to ``lr · final_lr_fraction`` at ``steps``."""
-  return optax.warmup_cosine_decay_schedule(
+  """Linear warmup to ``lr`` over ``warmup_steps``, cosine decay to ``lr · final_lr_fraction`` at ``steps``.
+
+  Indexed by optax's update count c = 0, 1, …, the rate of training step k = c + 1: step 1 already learns
+  (lr / warmup_steps, or lr without warmup), step ``warmup_steps`` runs at ``lr``, the last step at the final rate.
+  """
+  schedule = optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=train_config.lr, warmup_steps=max(1, train_config.warmup_steps),
       decay_steps=max(train_config.steps, train_config.warmup_steps + 1),
       end_value=train_config.lr * train_config.final_lr_fraction)
+  return lambda count: schedule(count + 1)
 
 
 # Parameters never decayed, by name: norm scales, biases (gate biases included), the memory output scale, the φ
