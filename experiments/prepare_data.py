@@ -6,7 +6,8 @@
 Each input file becomes one shard ``<output>/<stem>.npy`` (int32; documents separated by the tokenizer's eos);
 ``.txt`` files are one document, ``.jsonl`` files one document per line's ``text`` field. A shard is written to a
 temporary name and renamed when complete, so an interrupted run is resumed by running it again: finished shards
-are skipped. ``manifest.json`` lists the shards and their token counts.
+are skipped. ``manifest.json`` names the tokenizer (written first; a rerun with another tokenizer is refused) and,
+when done, lists the shards and their token counts.
 """
 
 from __future__ import annotations
@@ -44,10 +45,26 @@ def tokenize_file(args) -> tuple[str, int]:
   for doc in read_texts(path):
     ids.extend(tokenizer.encode(doc))
     ids.append(tokenizer.eos_id)
-  tmp = target + ".tmp.npy"
-  np.save(tmp, np.asarray(ids, dtype=np.int32))
+  tmp = target + ".partial"  # not *.npy, so a training glob never picks up an unfinished shard
+  with open(tmp, "wb") as f:
+    np.save(f, np.asarray(ids, dtype=np.int32))
   os.replace(tmp, target)
   return target, len(ids)
+
+
+def _check_same_tokenizer(output: str, tokenizer: str, tokenizer_path: str) -> None:
+  """Finished shards are reused on a rerun, so a rerun with another tokenizer would mix two vocabularies."""
+  manifest = os.path.join(output, "manifest.json")
+  if not os.path.exists(manifest):
+    if glob.glob(os.path.join(output, "*.npy")):
+      raise ValueError(f"{output} holds .npy shards but no manifest.json, so their tokenizer is unknown; use an "
+                       "empty output directory.")
+    return
+  with open(manifest, encoding="utf-8") as f:
+    old = json.load(f)
+  if (old.get("tokenizer"), old.get("tokenizer_path")) != (tokenizer, tokenizer_path):
+    raise ValueError(f"{output} holds shards of tokenizer {old.get('tokenizer')!r} ({old.get('tokenizer_path')!r});"
+                     f" this run asks for {tokenizer!r} ({tokenizer_path!r}). Use another output directory.")
 
 
 def prepare(input_glob: str, output: str, tokenizer: str = "byte", tokenizer_path: str = "", workers: int = 1):
@@ -58,6 +75,8 @@ def prepare(input_glob: str, output: str, tokenizer: str = "byte", tokenizer_pat
   if len(set(stems)) != len(stems):
     raise ValueError("input files must have distinct names (each becomes <name>.npy).")
   os.makedirs(output, exist_ok=True)
+  _check_same_tokenizer(output, tokenizer, tokenizer_path)
+  _write_manifest(output, tokenizer, tokenizer_path, [])  # the tokenizer first, so a resumed run can check it
   jobs = [(p, output, tokenizer, tokenizer_path) for p in paths]
   if workers > 1:
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -70,6 +89,10 @@ def prepare(input_glob: str, output: str, tokenizer: str = "byte", tokenizer_pat
     for i, job in enumerate(jobs, 1):
       results.append(tokenize_file(job))
       print(f"[{i}/{len(jobs)}] {results[-1][0]}: {results[-1][1]:,} tokens", flush=True)
+  return _write_manifest(output, tokenizer, tokenizer_path, results)
+
+
+def _write_manifest(output: str, tokenizer: str, tokenizer_path: str, results) -> dict:
   manifest = {"tokenizer": tokenizer, "tokenizer_path": tokenizer_path,
               "shards": [{"path": os.path.basename(p), "tokens": n} for p, n in results]}
   with open(os.path.join(output, "manifest.json"), "w", encoding="utf-8") as f:

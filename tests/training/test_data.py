@@ -88,6 +88,8 @@ def test_prepare_data_writes_shards_and_resumes(tmp_path):
   train, val, _ = data_lib.load_tokens(_data_config(source="tokens", path=str(out / "*.npy"), val_fraction=0.25),
                                        257)
   assert len(train) + len(val) == 96
+  with pytest.raises(ValueError, match="holds shards of tokenizer 'byte'"):
+    prepare(str(tmp_path / "*.jsonl"), str(out), tokenizer="tiktoken")  # would mix two vocabularies
 
 
 def test_huggingface_source_streams_offline(monkeypatch):
