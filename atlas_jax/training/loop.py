@@ -99,6 +99,22 @@ def _check_batches_fit_mesh(config, mesh) -> None:
                        f"data × fsdp = {shards} devices do not divide; change data.batch_size or mesh.shape.")
 
 
+def _check_same_data(meta: dict, config) -> None:
+  """The saved data position means something only for the same data pipeline: refuse a resume that changed it
+  (fine-tune with init_from instead, which starts the data afresh)."""
+  saved = meta.get("experiment", {}).get("data", {})
+  current = json.loads(config.to_json())["data"]
+  changed = [key for key in ("source", "tokenizer", "seq_len", "batch_size", "seed", "num_workers",
+                             "val_fraction") if key in saved and saved[key] != current.get(key)]
+  saved_accum = meta.get("experiment", {}).get("train", {}).get("grad_accum", config.train.grad_accum)
+  if saved_accum != config.train.grad_accum:
+    changed.append("train.grad_accum")
+  if changed:
+    raise ValueError(f"resuming with other data settings than the checkpoint's ({', '.join(changed)}): its data "
+                     "position would point elsewhere. Restore them, or fine-tune from it with init_from in a new "
+                     "workdir.")
+
+
 def _evaluate(eval_step, params, validation, batch_sharding) -> float:
   ds, n = validation
   losses = [float(eval_step(params, _put_batch(ds[i], batch_sharding))) for i in range(n)]
@@ -161,6 +177,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                            as_target(abstract_opt, opt_shardings))
     if restored is not None:
       step, params, opt_state, meta = restored
+      _check_same_data(meta, config)
       train_iter.set_state(meta["data_state"])
       if is_main:
         print(f"resumed from step {step}", flush=True)

@@ -168,6 +168,19 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, straight_run):
     loop.train_and_evaluate(config, str(tmp_path / "other"))
 
 
+def test_resume_with_other_data_settings_is_refused(tmp_path, straight_run):
+  import shutil
+
+  workdir = str(tmp_path / "resume")
+  shutil.copytree(straight_run, workdir)
+  config = tiny_config.get_config()
+  config.unlock()
+  config.train.steps = 7
+  config.data.num_workers, config.data.seq_len = 2, 24
+  with pytest.raises(ValueError, match=r"other data settings than the checkpoint's \(seq_len, num_workers\)"):
+    loop.train_and_evaluate(config, workdir)
+
+
 def test_missing_init_from_is_named_and_not_created(tmp_path):
   config = tiny_config.get_config()
   config.unlock()
