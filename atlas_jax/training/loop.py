@@ -137,6 +137,9 @@ def _sample(graphdef, params, tokenizer, config) -> str:
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Train `config` (an experiment ConfigDict) in `workdir`; resumes from the newest good checkpoint there."""
+  if "://" in workdir:
+    raise ValueError(f"workdir={workdir!r}: metrics and logs are written as plain files, so the workdir must be a "
+                     "local or mounted path (e.g. a bucket mounted with gcsfuse), not a URL.")
   os.makedirs(workdir, exist_ok=True)
   model_config = model_config_from(config)
   is_main = jax.process_index() == 0

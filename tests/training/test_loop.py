@@ -227,6 +227,8 @@ def test_bad_inputs_give_clear_errors(tmp_path):
                      r"mesh's data × fsdp = 8 devices do not divide"):
     loop.train_and_evaluate(config, str(tmp_path / "e"))
   assert not os.path.exists(tmp_path / "e" / "checkpoints" / "1")  # refused before step 1
+  with pytest.raises(ValueError, match="must be a local or mounted path"):
+    loop.train_and_evaluate(config, "gs://bucket/run")
 
 
 def test_main_rejects_unknown_and_mistyped_flags(tmp_path):
