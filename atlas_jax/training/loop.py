@@ -10,6 +10,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +47,34 @@ def divergence_hint(model_config: ModelConfig) -> str:
     return ""
   return (" An MLP memory with momentum and without Muon can diverge on long sequences (README, Models); "
           "--config.model.overrides.memory.max_grad_norm=1.0 bounds each inner gradient (opt-in, beyond SPEC.md).")
+
+
+class _Preemption:
+  """SIGTERM (how TPU and SLURM announce a preemption) asks the loop to save the current step and stop cleanly.
+
+  One process: the signal handler's flag. Several: Orbax's preemption sync point, so every process stops after
+  the same step (a process that stopped alone would leave the others waiting in the next step's collectives).
+  """
+
+  def __init__(self, checkpointer: Checkpointer):
+    self.checkpointer = checkpointer
+    self.signalled = False
+    self._previous = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.signalled = True
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.signalled
+    return self.checkpointer.manager.reached_preemption(step)
+
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def model_config_from(config) -> ModelConfig:
@@ -207,6 +237,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     results: dict[str, float] = {}
     loss = float("nan")
+    preemption = _Preemption(checkpointer)
     try:
       while step < config.train.steps:
         batch = _put_batch(next(train_iter), batch_sharding)
@@ -218,7 +249,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
               f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; stopping. The last checkpoint "
               f"(step {max(checkpointer.steps(), default='none')}) is intact; lower the learning rate or check "
               "the data." + divergence_hint(model_config))
-        save(step, force=step == config.train.steps)  # before evaluating or sampling, which may fail
+        preempted = preemption.reached(step)
+        save(step, force=step == config.train.steps or preempted)  # before evaluating or sampling, which may fail
+        if preempted:
+          if is_main:
+            print(f"stopping at step {step} on SIGTERM (preemption); step {step} is saved: rerun to resume.",
+                  flush=True)
+          results["preempted"] = True
+          break
         progress.update(step, loss, force=step == config.train.steps)
         if step % config.train.log_every == 0:
           writer.write(step, {"train/loss": loss, "train/grad_norm": grad_norm})
@@ -235,6 +273,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           if is_main:
             print(f"sample at step {step}: {text!r}", flush=True)
     finally:
+      preemption.close()
       checkpointer.close()
       writer.close()
   results["train/loss"] = loss

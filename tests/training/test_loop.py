@@ -30,9 +30,9 @@ def _final_params(workdir: str, step: int):
   return jax.tree_util.tree_map(np.asarray, restored["params"])
 
 
-# A child process that trains with tiny_config and SIGKILLs itself right after `Checkpointer.save(kill_step)`
-# returns: with synchronous saves that is after the step is on disk; with async saves the write is still in
-# flight, so the process dies mid-save.
+# A child process that trains with tiny_config and sends itself `signal` (SIGKILL unless given) right after
+# `Checkpointer.save(kill_step)` returns: with synchronous saves that is after the step is on disk; with async saves
+# the write is still in flight, so a SIGKILL kills it mid-save.
 _CHILD = r"""
 import os, signal, sys
 sys.path.insert(0, {root!r})
@@ -41,22 +41,25 @@ from tests.training import tiny_config
 config = tiny_config.get_config()
 config.unlock()
 config.train.async_checkpoint = {async_save}
+config.train.checkpoint_every = {every}
 original = checkpoint.Checkpointer.save
 def save(self, step, *args, **kwargs):
   out = original(self, step, *args, **kwargs)
   if step == {kill_step}:
-    os.kill(os.getpid(), signal.SIGKILL)
+    os.kill(os.getpid(), {signal})
   return out
 checkpoint.Checkpointer.save = save
 loop.train_and_evaluate(config, {workdir!r})
 """
 
 
-def _run_child(workdir, kill_step, async_save):
-  code = _CHILD.format(root=ROOT, kill_step=kill_step, async_save=async_save, workdir=workdir)
+def _run_child(workdir, kill_step, async_save, sig=signal.SIGKILL, every=1):
+  code = _CHILD.format(root=ROOT, kill_step=kill_step, async_save=async_save, workdir=workdir, signal=int(sig),
+                       every=every)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 0), proc.stderr[-3000:]
+  return proc
 
 
 def _assert_same_params(dir_a, dir_b, step):
@@ -88,6 +91,18 @@ def test_resume_after_sigkill_during_a_save(tmp_path, straight_run):
   assert 4 not in steps and max(steps) == 3, steps  # the interrupted save left no listed step
   assert loop.train_and_evaluate(tiny_config.get_config(), killed)["step"] == 6
   _assert_same_params(straight_run, killed, 6)
+
+
+def test_sigterm_saves_the_step_and_stops_cleanly(tmp_path, straight_run):
+  """A preemption notice between checkpoints: the step it arrives in is saved, the process exits 0, a rerun
+  resumes from it and ends with the uninterrupted run's parameters."""
+  stopped = str(tmp_path / "preempted")
+  proc = _run_child(stopped, kill_step=2, async_save=True, sig=signal.SIGTERM, every=100)
+  assert "stopping at step 3 on SIGTERM" in proc.stdout, proc.stdout[-2000:]
+  steps = Checkpointer(os.path.join(stopped, "checkpoints"), async_save=False).steps()
+  assert max(steps) == 3 and 2 not in steps, steps  # saved on the notice, not on the interval (100)
+  assert loop.train_and_evaluate(tiny_config.get_config(), stopped)["step"] == 6
+  _assert_same_params(straight_run, stopped, 6)
 
 
 def test_corrupted_latest_checkpoint_is_set_aside_and_its_step_retrained(tmp_path, straight_run, caplog):
