@@ -5,9 +5,10 @@ Items of one checkpoint (an Orbax Composite; nothing is pickled):
   opt_state  StandardSave of the optimiser state
   meta       JSON: step, model config, parameter shapes, data-iterator state
 Orbax writes each step to a temporary directory and renames it when complete, so a crash mid-save leaves no
-listed step. A step that fails to restore (corrupted or partial files) is moved aside, renamed
-``unrestorable-<step>-<unix time>`` (kept for inspection, no longer listed, so that step number can be saved again),
-with a warning, and the previous one is tried. A checkpoint of another model is refused with the first mismatching parameter named.
+listed step. A step that fails to restore (corrupted or partial files) is moved aside with a warning, renamed
+``unrestorable-<step>-<unix time>`` (kept for inspection; no longer listed, so its step number can be saved
+again), and the previous one is tried. A checkpoint of another model is refused with the first mismatching
+parameter named.
 """
 
 from __future__ import annotations
