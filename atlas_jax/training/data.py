@@ -118,15 +118,19 @@ def load_tokens(data_config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, o
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {vocab_size}.")
   source = data_config.source
   if source == "tokens":
-    shards = []
-    for path in _files(data_config.path):
-      shard = np.load(path, allow_pickle=False)
+    # Memory-mapped shards are checked where they lie and copied once into one int32 array (no per-shard copies,
+    # no concatenation: the peak is the corpus once, as int32).
+    paths = _files(data_config.path)
+    shards = [np.load(path, mmap_mode="r", allow_pickle=False) for path in paths]
+    for path, shard in zip(paths, shards):
       if not np.issubdtype(shard.dtype, np.integer):
         raise ValueError(f"{path}: token shards must hold integers, got {shard.dtype}.")
-      shard = shard.astype(np.int64).ravel()
-      check_token_range(shard, vocab_size, path)
-      shards.append(shard.astype(np.int32))
-    tokens = np.concatenate(shards)
+      check_token_range(shard.reshape(-1), vocab_size, path)
+    tokens = np.empty(sum(shard.size for shard in shards), np.int32)
+    offset = 0
+    for shard in shards:
+      tokens[offset:offset + shard.size] = shard.reshape(-1)
+      offset += shard.size
     n_val = int(len(tokens) * data_config.val_fraction)
     return tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:], tokenizer
   if source == "bible":
