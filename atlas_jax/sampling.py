@@ -7,6 +7,7 @@ state is its fixed-size streaming state (plus SWA ring buffers); only global att
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ from atlas_jax.model import AtlasLM, check_tokens
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0) -> jax.Array:
   """Sample ids from logits [B, vocab]. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
-  if not (temperature >= 0.0 and temperature != float("inf")):  # also refuses NaN
+  if not (math.isfinite(temperature) and temperature >= 0.0):
     raise ValueError(f"temperature={temperature}; expected a finite value ≥ 0 (0 is greedy).")
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p={top_p}; expected 0 < top_p ≤ 1 (1 keeps every token).")

@@ -104,12 +104,13 @@ def _put_batch(batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
 
 def _validation(val_tokens, config):
   """(this process's validation dataset, batches per evaluation). The count is the same on every process: each
-  batch is one collective step, so a process with a batch more would wait for the others forever."""
+  batch is one collective step, so a process with a batch more would wait for the others forever. Process p
+  reads windows p, p + P, …, so the last process has the fewest and sets the count."""
   processes = jax.process_count()
   make = lambda index: data_lib.make_dataset(val_tokens, config.data.seq_len, config.data.batch_size, seed=0,
                                              process_index=index, process_count=processes, shuffle=False,
                                              repeat=False)
-  n = min([config.train.eval_batches] + [len(make(index)) for index in range(processes)])
+  n = min(config.train.eval_batches, len(make(processes - 1)))
   if n == 0:
     raise ValueError(f"the validation split has fewer than one batch of {config.data.batch_size} × "
                      f"{config.data.seq_len + 1} tokens per process; lower data.batch_size/data.seq_len or raise "
