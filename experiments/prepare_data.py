@@ -7,7 +7,7 @@ Each input file becomes one shard ``<output>/<stem>.npy`` (int32; documents sepa
 ``.txt`` files are one document, ``.jsonl`` files one document per line's ``text`` field. A shard is written to a
 temporary name and renamed when complete, so an interrupted run is resumed by running it again: finished shards
 are skipped. ``manifest.json`` names the tokenizer (written first; a rerun with another tokenizer is refused) and,
-when done, lists the shards and their token counts.
+when done, lists the shards with their token counts and id ranges (which training reads instead of the shards).
 """
 
 from __future__ import annotations
@@ -34,22 +34,27 @@ def shard_path(output: str, path: str) -> str:
   return os.path.join(output, os.path.splitext(os.path.basename(path))[0] + ".npy")
 
 
-def tokenize_file(args) -> tuple[str, int]:
-  """Tokenize one file into its shard (skipped if present); returns (shard, token count)."""
+def _id_summary(target: str, ids: np.ndarray) -> dict:
+  """A manifest entry: the shard's token count and id range (the training loader trusts it instead of reading
+  the whole shard to check the ids)."""
+  return {"path": os.path.basename(target), "tokens": int(ids.size),
+          "min_id": int(ids.min()) if ids.size else 0, "max_id": int(ids.max()) if ids.size else 0}
+
+
+def tokenize_file(args) -> dict:
+  """Tokenize one file into its shard (skipped if present); returns its manifest entry."""
   path, output, kind, tokenizer_path = args
   target = shard_path(output, path)
   if os.path.exists(target):
-    return target, int(np.load(target, mmap_mode="r").shape[0])
+    return _id_summary(target, np.load(target, mmap_mode="r"))
   tokenizer = make_tokenizer(kind, tokenizer_path, 1 << 31)
-  ids: list[int] = []
-  for doc in read_texts(path):
-    ids.extend(tokenizer.encode(doc))
-    ids.append(tokenizer.eos_id)
+  docs = [np.asarray(tokenizer.encode(doc) + [tokenizer.eos_id], np.int32) for doc in read_texts(path)]
+  ids = np.concatenate(docs) if docs else np.zeros(0, np.int32)
   tmp = target + ".partial"  # not *.npy, so a training glob never picks up an unfinished shard
   with open(tmp, "wb") as f:
-    np.save(f, np.asarray(ids, dtype=np.int32))
+    np.save(f, ids)
   os.replace(tmp, target)
-  return target, len(ids)
+  return _id_summary(target, ids)
 
 
 def _check_same_tokenizer(output: str, tokenizer: str, tokenizer_path: str) -> None:
@@ -83,18 +88,17 @@ def prepare(input_glob: str, output: str, tokenizer: str = "byte", tokenizer_pat
       results = []
       for i, result in enumerate(pool.imap(tokenize_file, jobs), 1):
         results.append(result)
-        print(f"[{i}/{len(jobs)}] {result[0]}: {result[1]:,} tokens", flush=True)
+        print(f"[{i}/{len(jobs)}] {result['path']}: {result['tokens']:,} tokens", flush=True)
   else:
     results = []
     for i, job in enumerate(jobs, 1):
       results.append(tokenize_file(job))
-      print(f"[{i}/{len(jobs)}] {results[-1][0]}: {results[-1][1]:,} tokens", flush=True)
+      print(f"[{i}/{len(jobs)}] {results[-1]['path']}: {results[-1]['tokens']:,} tokens", flush=True)
   return _write_manifest(output, tokenizer, tokenizer_path, results)
 
 
-def _write_manifest(output: str, tokenizer: str, tokenizer_path: str, results) -> dict:
-  manifest = {"tokenizer": tokenizer, "tokenizer_path": tokenizer_path,
-              "shards": [{"path": os.path.basename(p), "tokens": n} for p, n in results]}
+def _write_manifest(output: str, tokenizer: str, tokenizer_path: str, shards: list[dict]) -> dict:
+  manifest = {"tokenizer": tokenizer, "tokenizer_path": tokenizer_path, "shards": shards}
   with open(os.path.join(output, "manifest.json"), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=1)
   return manifest

@@ -5,7 +5,8 @@ Sources (``config.data.source``):
                  chapter; the last books (from ``val_books``) are the validation split.
   ``text``       plain-text files (glob); one document per file.
   ``jsonl``      JSON-lines files (glob) with a ``text`` field; one document per line.
-  ``tokens``     pre-tokenized ``.npy`` shards (glob) of integer ids, already separated by the tokenizer's eos.
+  ``tokens``     pre-tokenized ``.npy`` shards (glob) of integer ids, already separated by the tokenizer's eos;
+                 read from disk window by window (``token_shards.py``), never loaded whole.
   ``synthetic``  in-memory documents of repeated random phrases (for tests and smoke runs).
   ``huggingface`` a Hugging Face ``datasets`` dataset (``path`` = its name), read in streaming mode: the first
                  ``max_documents`` documents of ``hf_split`` (field ``hf_text_field``) are taken into memory.
@@ -28,6 +29,7 @@ import grain
 import numpy as np
 
 from atlas_jax.text_files import read_texts
+from atlas_jax.training.token_shards import open_token_shards
 from atlas_jax.training.tokenizers import make_tokenizer
 
 _DEFAULT_VAL_BOOKS = ("Jude", "Revelation")
@@ -111,28 +113,18 @@ def _encode(docs: list[str], tokenizer) -> np.ndarray:
   return np.asarray(ids, dtype=np.int32)
 
 
-def load_tokens(data_config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, object]:
-  """(train tokens, validation tokens, tokenizer) for `data_config` (see the module docstring)."""
+def load_tokens(data_config, vocab_size: int):
+  """(train tokens, validation tokens, tokenizer) for `data_config` (see the module docstring). The tokens are
+  int32 arrays, or for the ``tokens`` source ``TokenStream``s (``len`` and contiguous slices, like an array)."""
   tokenizer = make_tokenizer(data_config.tokenizer, data_config.tokenizer_path, vocab_size)
   if tokenizer.vocab_size > vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {vocab_size}.")
   source = data_config.source
   if source == "tokens":
-    # Memory-mapped shards are checked where they lie and copied once into one int32 array (no per-shard copies,
-    # no concatenation: the peak is the corpus once, as int32).
-    paths = _files(data_config.path)
-    shards = [np.load(path, mmap_mode="r", allow_pickle=False) for path in paths]
-    for path, shard in zip(paths, shards):
-      if not np.issubdtype(shard.dtype, np.integer):
-        raise ValueError(f"{path}: token shards must hold integers, got {shard.dtype}.")
-      check_token_range(shard.reshape(-1), vocab_size, path)
-    tokens = np.empty(sum(shard.size for shard in shards), np.int32)
-    offset = 0
-    for shard in shards:
-      tokens[offset:offset + shard.size] = shard.reshape(-1)
-      offset += shard.size
-    n_val = int(len(tokens) * data_config.val_fraction)
-    return tokens[:len(tokens) - n_val], tokens[len(tokens) - n_val:], tokenizer
+    # Read window by window from the shards on disk (token_shards.py): no host holds the corpus.
+    tokens = open_token_shards(_files(data_config.path), vocab_size)
+    train, val = tokens.split(int(len(tokens) * data_config.val_fraction))
+    return train, val, tokenizer
   if source == "bible":
     train, val = bible_documents()
   elif source in ("text", "jsonl"):
@@ -154,7 +146,7 @@ def load_tokens(data_config, vocab_size: int) -> tuple[np.ndarray, np.ndarray, o
 class PackedWindows:
   """Window i of a token stream: tokens[i·L : i·L + L + 1] (int32 [L + 1]); a Grain random-access source."""
 
-  def __init__(self, tokens: np.ndarray, seq_len: int):
+  def __init__(self, tokens, seq_len: int):
     if len(tokens) < seq_len + 1:
       raise ValueError(f"the token stream has {len(tokens)} tokens; sequences of {seq_len} need at least "
                        f"{seq_len + 1}. Use a shorter seq_len or more data.")

@@ -81,6 +81,7 @@ def test_prepare_data_writes_shards_and_resumes(tmp_path):
   out = tmp_path / "shards"
   manifest = prepare(str(tmp_path / "*.jsonl"), str(out))
   assert [s["tokens"] for s in manifest["shards"]] == [4 * 8] * 3  # "doc i.j" = 7 bytes + separator
+  assert [(s["min_id"], s["max_id"]) for s in manifest["shards"]] == [(ord(" "), 256)] * 3
   first = shard_path(str(out), str(tmp_path / "part0.jsonl"))
   mtime = __import__("os").path.getmtime(first)
   prepare(str(tmp_path / "*.jsonl"), str(out))  # a second run skips finished shards
@@ -90,6 +91,53 @@ def test_prepare_data_writes_shards_and_resumes(tmp_path):
   assert len(train) + len(val) == 96
   with pytest.raises(ValueError, match="holds shards of tokenizer 'byte'"):
     prepare(str(tmp_path / "*.jsonl"), str(out), tokenizer="tiktoken")  # would mix two vocabularies
+
+
+def test_token_shards_are_read_window_by_window(tmp_path):
+  """The `tokens` source reads windows straight from the shards: across shard boundaries, any integer dtype, an
+  empty shard, the validation split at the end, and pickled (as Grain's worker processes receive it)."""
+  import pickle
+
+  from atlas_jax.training.token_shards import TokenStream
+
+  whole = np.arange(167, dtype=np.int32)  # token i is i, so a window names its start
+  parts = [whole[a:b].astype(dtype) for a, b, dtype in ((0, 50, np.uint16), (50, 50, np.int32), (50, 87, np.int64),
+                                                         (87, 167, np.int32))]
+  for i, part in enumerate(parts):
+    np.save(tmp_path / f"s{i}.npy", part)
+  train, val, _ = data_lib.load_tokens(_data_config(source="tokens", path=str(tmp_path / "*.npy"), val_fraction=0.1),
+                                       257)
+  assert isinstance(train, TokenStream) and (len(train), len(val)) == (151, 16)
+  np.testing.assert_array_equal(train[:], whole[:151])
+  np.testing.assert_array_equal(val[3:9], whole[154:160])
+  for a, b in ((0, 50), (45, 95), (49, 51), (10, 151), (140, 200)):
+    got = train[a:b]
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, whole[:151][a:b])
+  np.testing.assert_array_equal(pickle.loads(pickle.dumps(train))[45:95], whole[45:95])
+  ds = data_lib.make_dataset(train, seq_len=9, batch_size=4, seed=2)
+  for row in ds[0]:
+    assert row[0] % 9 == 0
+    np.testing.assert_array_equal(row, whole[row[0]:row[0] + 10])
+
+
+def test_token_shard_ids_are_checked_from_the_manifest_or_the_data(tmp_path):
+  np.save(tmp_path / "a.npy", np.array([1, 2, 300], np.int32))
+  config = _data_config(source="tokens", path=str(tmp_path / "*.npy"))
+  with pytest.raises(ValueError, match=r"a.npy: token ids range over \[1, 300\], outside \[0, 257\)"):
+    data_lib.load_tokens(config, 257)
+  # A manifest (as prepare_data writes it) is trusted instead of reading the shard, when its count matches.
+  manifest = {"shards": [{"path": "a.npy", "tokens": 3, "min_id": -1, "max_id": 5}]}
+  (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match=r"range over \[-1, 5\]"):
+    data_lib.load_tokens(config, 257)
+  manifest["shards"][0]["tokens"] = 4  # stale: the shard is read again
+  (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+  with pytest.raises(ValueError, match=r"range over \[1, 300\]"):
+    data_lib.load_tokens(config, 257)
+  np.save(tmp_path / "a.npy", np.array([0.5]))
+  with pytest.raises(ValueError, match="token shards must hold integers"):
+    data_lib.load_tokens(config, 257)
 
 
 def test_huggingface_source_streams_offline(monkeypatch):
