@@ -229,7 +229,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     train_step = jax.jit(make_train_step(graphdef, tx, config.train.grad_accum), donate_argnums=(0, 1),
                          out_shardings=(param_shardings, opt_shardings, replicated))
     eval_step = jax.jit(make_eval_step(graphdef))
-    writer = MetricWriter(workdir, enabled=is_main)
+    writer = MetricWriter(workdir, enabled=is_main, start_step=step)
     progress = Progress(config.train.steps, step, global_batch * config.data.seq_len, config.train.log_every)
     meta = {"model_config": model_config.to_dict(), "experiment": json.loads(config.to_json())}
 

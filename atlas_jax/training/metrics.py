@@ -41,19 +41,25 @@ class Progress:
 
 
 class MetricWriter:
-  """Appends {"step": ..., name: value} lines to workdir/metrics.jsonl and scalars to TensorBoard."""
+  """Appends {"step": ..., name: value} lines to workdir/metrics.jsonl and scalars to TensorBoard.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  A run that starts from `start_step` (the restored checkpoint's, 0 for a fresh run) first drops what an earlier
+  attempt logged after that step, which this run logs again: rows of metrics.jsonl with a larger step, and (by
+  TensorBoard's purge_step) those steps' events."""
+
+  def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
     self.enabled = enabled
     self._tb = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_rows_after(path, start_step)
+    self._jsonl = open(path, "a", encoding="utf-8")
     try:
       from tensorboardX import SummaryWriter
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
     except ImportError:
       print("tensorboardX is not installed: TensorBoard logs are off (metrics.jsonl is still written).")
 
@@ -75,3 +81,25 @@ class MetricWriter:
       self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rewrites metrics.jsonl without its rows past `step`, and without a line cut short by a crash (atomically: a
+  crash now leaves the old file or the new)."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  kept = [line for line in lines if _step(line) is not None and _step(line) <= step]
+  if len(kept) == len(lines):
+    return
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
+
+
+def _step(line: str) -> int | None:
+  try:
+    return int(json.loads(line)["step"])
+  except (ValueError, KeyError, TypeError):
+    return None

@@ -1,0 +1,27 @@
+"""metrics.jsonl after a resume: the rows an earlier attempt wrote past the restored step are dropped."""
+
+from __future__ import annotations
+
+import json
+
+from atlas_jax.training.metrics import MetricWriter
+
+
+def _steps(workdir) -> list[int]:
+  return [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_resumed_run_drops_rows_past_its_checkpoint(tmp_path):
+  first = MetricWriter(str(tmp_path))
+  for step in range(1, 6):
+    first.write(step, {"train/loss": 1.0 / step})
+  first.close()
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": 6, "train/lo')  # a crash mid-line
+  resumed = MetricWriter(str(tmp_path), start_step=3)  # the checkpoint it restored is step 3
+  for step in range(4, 7):
+    resumed.write(step, {"train/loss": 0.5})
+  resumed.close()
+  assert _steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+  MetricWriter(str(tmp_path)).close()  # a fresh start (no checkpoint) keeps nothing
+  assert _steps(tmp_path) == []
