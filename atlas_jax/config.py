@@ -41,7 +41,8 @@ class ModelConfig:
     dtype / param_dtype: activation and parameter dtypes (memory state is always float32).
     scan_layers: run the layers with ``nnx.scan`` over stacked parameters (needs identical block types).
     remat: ``none`` or ``full`` (rematerialise each block in the backward pass).
-    memory_implementation: ``auto`` | ``reference`` | ``xla`` | ``pallas`` (see ``atlas_jax.memory.op``);
+    memory_implementation: ``auto`` | ``reference`` | ``xla`` | ``pallas`` (see ``atlas_jax.memory.op``; with
+      ``pallas``, decoding from a cache runs ``auto``, since the kernels start from a fresh state);
       memory_remat: remat inside the memory scan.
   """
 

@@ -113,8 +113,12 @@ class MemoryLayer(nnx.Module):
                                normalized=config.kernel_normalized, static_position=static)
     else:
       coeffs = jax.nn.softplus(self.phi_rho[...]) if mem.feature_map == "polynomial" else None
+      # The Pallas kernels start from a fresh state (training, scoring); a cache carries one, which the other
+      # paths stream from, so a model pinned to the kernels still decodes.
+      impl = config.memory_implementation
+      impl = "auto" if impl == "pallas" and cache is not None else impl
       y, state = memory_op(q, k, v, gates, self._init_weights(), config=mem, feature_coeffs=coeffs, state=state,
-                           implementation=config.memory_implementation, remat=config.memory_remat)
+                           implementation=impl, remat=config.memory_remat)
     # Per-head RMSNorm, output gate, projection.
     y = y.astype(jnp.float32)
     y = y * jax.lax.rsqrt(jnp.mean(y * y, axis=-1, keepdims=True) + 1e-6) * self.y_scale[...]

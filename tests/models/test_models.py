@@ -134,10 +134,13 @@ def test_sampling_filters():
       sample_logits(logits, keys[0], **bad)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"scan_layers": True, "remat": "full"}], ids=["unrolled", "scanned"])
-def test_generate_greedy_matches_argmax_of_full_forward(overrides):
-  """Also with scanned, rematerialised layers, as every paper-size preset has them."""
-  model = AtlasLM(get_preset("atlas_mag", "tiny", **overrides), rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("preset, overrides", [("atlas_mag", {}), ("atlas_mag", {"scan_layers": True, "remat": "full"}),
+                                               ("titans", {"memory_implementation": "pallas"})],
+                         ids=["unrolled", "scanned", "pallas"])
+def test_generate_greedy_matches_argmax_of_full_forward(preset, overrides):
+  """Also with scanned, rematerialised layers, as every paper-size preset has them, and with the memory pinned
+  to the Pallas kernels (interpreted on CPU), which decode on the xla path."""
+  model = AtlasLM(get_preset(preset, "tiny", **overrides), rngs=nnx.Rngs(0))
   prompt = _tokens(length=5)
   out = generate(model, prompt, 6, jax.random.PRNGKey(0), temperature=0.0)
   assert out.shape == (2, 11)
