@@ -67,6 +67,11 @@ class Attention(nnx.Module):
       if self.window is not None:
         mask &= key_pos[None, :] > positions[:, None] - self.window
       y = jax.nn.dot_product_attention(q, keys, values, mask=mask[None, None])
+      slots = cache.k.shape[1]
+      if self.window is None or slots < self.window:  # the cache holds init_cache's max_length positions
+        # Later positions would need keys the cache dropped (global) or overwrote (a ring shorter than the
+        # window); under jit that cannot raise, so their outputs are NaN, never silently wrong.
+        y = jnp.where((positions < slots)[None, :, None, None], y, jnp.nan)
       cache = self._write(cache, k, v, positions)
     y = y.reshape(batch, length, self.num_heads * self.head_dim)
     return (y if self.out is None else self.out(y)), cache

@@ -57,8 +57,9 @@ class AtlasLM(nnx.Module):
   def init_cache(self, batch: int, max_length: int):
     """Decoding state for `max_length` tokens: KV caches for attention, streaming state for memories.
 
-    Decoding past `max_length` is not detected under jit (attention's cache drops the writes), so size it for
-    the prompt plus every token to come, as ``sampling.generate`` does."""
+    Size it for the prompt plus every token to come, as ``sampling.generate`` does: attention returns NaN for
+    positions past `max_length` (its cache holds no more; under jit this cannot raise). A sliding window's ring
+    with max_length ≥ window has no such bound, and memories stream without one."""
     if self.config.scan_layers:
       @nnx.vmap(in_axes=(0,), out_axes=0)
       def stacked(block):

@@ -35,6 +35,21 @@ def test_prefill_then_decode_equals_full_forward(name):
   np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=2e-4, rtol=2e-4)
 
 
+@pytest.mark.parametrize("name, max_length, finite_steps", [("transformer++", 8, 8), ("swa", 8, 8), ("swa", 16, 40)])
+def test_decoding_past_the_cache_is_nan_not_silently_wrong(name, max_length, finite_steps):
+  """Global attention's cache, and a sliding window's ring shorter than the window (16 here), hold max_length
+  positions: later ones come out NaN. A ring as long as the window decodes without bound."""
+  model = AtlasLM(get_preset(name, "tiny"), rngs=nnx.Rngs(0))
+  tokens = _tokens(batch=1, length=40)
+  step = nnx.jit(lambda model, tokens, cache: model(tokens, cache))
+  cache = model.init_cache(1, max_length)
+  finite = []
+  for t in range(40):
+    logits, cache = step(model, tokens[:, t:t + 1], cache)
+    finite.append(bool(jnp.isfinite(logits).all()))
+  assert finite == [t < finite_steps for t in range(40)]
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_a_few_steps_lower_the_loss(name):
   """Memorise one fixed batch of a repeating pattern: the loss must fall within 8 AdamW steps."""
