@@ -100,14 +100,13 @@ class ModelConfig:
     if self.eta_init is not None and not 0.0 < self.eta_init < 1.0:
       raise ValueError(f"eta_init={self.eta_init} is σ(η's initial bias); expected a share of eta_max in (0, 1).")
 
-  @property
-  def inner_lr_max(self) -> float:
-    """η_max actually used (see ``eta_max``)."""
+  def inner_lr_max(self, kernel: bool) -> float:
+    """η_max actually used (see ``eta_max``) by a finite memory layer, or with `kernel` a kernel memory's."""
     if self.eta_max is not None:
       return self.eta_max
     mem = self.memory
     norm = 1.0
-    if "kernel_memory" in self.blocks:  # the memory layer starts its inverse temperature 1/τ at √K
+    if kernel:  # the memory layer starts its inverse temperature 1/τ at √K
       norm = math.exp(math.sqrt(self.memory_head_dim))
     elif mem.feature_map == "polynomial":
       norm = sum(1.0 / math.factorial(i) for i in range(1 if mem.drop_constant else 0, mem.degree + 1))

@@ -98,7 +98,7 @@ class MemoryLayer(nnx.Module):
     v = qkv[..., 2, :]
     logits = self.gates(x.astype(jnp.float32)).reshape(batch, length, self.heads, 4)  # head-major, as qkv
     gates = Gates(log_alpha=-jax.nn.softplus(-logits[..., 0]),
-                  eta=config.inner_lr_max * jax.nn.sigmoid(logits[..., 1]),
+                  eta=config.inner_lr_max(self.kernel) * jax.nn.sigmoid(logits[..., 1]),
                   gamma=jax.nn.sigmoid(logits[..., 3]),
                   log_theta=-jax.nn.softplus(-logits[..., 2]) if mem.momentum else None)
     state = None if cache is None else cache.memory

@@ -48,4 +48,8 @@ def test_eta_share_follows_the_update_rule():
   with pytest.raises(ValueError, match="eta_init"):
     get_preset("titans", "tiny", eta_init=1.0)
   kernel = get_preset("dot", "tiny")
-  assert kernel.inner_lr_max == pytest.approx(1 / (kernel.memory.window * np.exp(np.sqrt(kernel.memory_head_dim))))
+  assert kernel.inner_lr_max(kernel=True) == pytest.approx(
+      1 / (kernel.memory.window * np.exp(np.sqrt(kernel.memory_head_dim))))
+  # A stack mixing both kinds gives each layer its own bound.
+  mixed = get_preset("dot", "tiny", blocks=("kernel_memory", "memory"))
+  assert mixed.inner_lr_max(kernel=False) == pytest.approx(1 / mixed.memory.window)
