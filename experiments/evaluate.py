@@ -45,7 +45,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "init seed of preset models (and MAD's t
 _DATA_SEED = flags.DEFINE_integer("data_seed", 42, "sample seed of niah and babilong (RULER's and BABILong's 42)")
 _TEXT_FILE = flags.DEFINE_string("text_file", None, "perplexity text (.txt/.jsonl) or token (.npy) file")
 _MAX_TOKENS = flags.DEFINE_integer("max_tokens", None, "score at most this many tokens (perplexity)")
-_LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096"], "context lengths in tokens (niah, babilong)")
+_LENGTHS = flags.DEFINE_list("lengths", ["1024", "2048", "4096"],
+                             "context lengths in tokens (niah; babilong, where 0 is the facts alone)")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 20, "samples per length and task (niah, babilong)")
 _NIAH_TASKS = flags.DEFINE_list("niah_tasks", ["niah_single_1", "niah_single_2", "niah_single_3"], "S-NIAH tasks")
 _NIAH_TOKENS = flags.DEFINE_integer("niah_new_tokens", 128, "tokens generated per S-NIAH sample (RULER: 128)")
@@ -78,14 +79,53 @@ def _model_specs() -> list[tuple[str, dict]]:
 
 
 def _babilong_files() -> dict:
+  from atlas_jax.evals.babilong import LABELS
+
   files = {}
   for item in _BABILONG_FILES.value:
     key, sep, path = item.partition("=")
     task, slash, length = key.partition("/")
     if not sep or not slash:
       raise app.UsageError(f"--babilong_files entry {item!r}: expected task/length=path (e.g. qa1/4k=qa1.json).")
+    if task not in LABELS or task not in _BABILONG_TASKS.value:
+      raise app.UsageError(f"--babilong_files entry {item!r}: task {task!r} must be one of --babilong_tasks "
+                           f"({','.join(_BABILONG_TASKS.value)}) with a label set ({', '.join(sorted(LABELS))}).")
+    if not os.path.exists(path):
+      raise app.UsageError(f"--babilong_files entry {item!r}: no file {path!r}.")
     files[task, int(length) if length.isdigit() else length] = path
   return files
+
+
+def _lengths() -> list[int]:
+  """--lengths as ints, checked against what each selected evaluation needs (before any of them runs)."""
+  from atlas_jax.evals.babilong import PROMPT_RESERVE
+
+  if not all(x.isdigit() for x in _LENGTHS.value):
+    raise app.UsageError(f"--lengths={','.join(_LENGTHS.value)}: expected token counts.")
+  lengths = [int(x) for x in _LENGTHS.value]
+  if "niah" in _EVALS.value and any(n <= _NIAH_TOKENS.value for n in lengths):
+    raise app.UsageError(f"--lengths={_LENGTHS.value}: niah needs lengths above --niah_new_tokens="
+                         f"{_NIAH_TOKENS.value} (the room left for the answer).")
+  if "babilong" in _EVALS.value and any(0 < n <= PROMPT_RESERVE for n in lengths):
+    raise app.UsageError(f"--lengths={_LENGTHS.value}: babilong needs 0 (facts only) or lengths above "
+                         f"{PROMPT_RESERVE} (the room left for the question and answer).")
+  return lengths
+
+
+def _check_fits(tokenizer, lengths: list[int]) -> None:
+  """The shortest length must hold each NIAH template and some BABILong stories in this tokenizer's tokens:
+  fail before the first evaluation runs, not midway through them."""
+  shortest = min((n for n in lengths if n), default=None)
+  if shortest is None:
+    return
+  if "niah" in _EVALS.value:
+    from atlas_jax.evals.niah import make_niah_samples
+    for task in _NIAH_TASKS.value:
+      next(iter(make_niah_samples(task, shortest, 1, tokenizer, tokens_to_generate=_NIAH_TOKENS.value)))
+  if "babilong" in _EVALS.value:
+    from atlas_jax.evals.babilong import make_babilong_samples
+    for task in _BABILONG_TASKS.value:
+      next(make_babilong_samples(task, shortest, 1, tokenizer))
 
 
 def _evaluate_model(name: str, kwargs: dict, out: str) -> dict:
@@ -100,7 +140,9 @@ def _evaluate_model(name: str, kwargs: dict, out: str) -> dict:
     print(f"[{name}] {info['source']} {info.get('workdir') or info.get('preset')} step={info.get('step')} "
           f"params={info['num_params']:,}", flush=True)
     lm = LanguageModel(model, tokenizer, chunk_size=_CHUNK.value)
-  lengths = [int(x) for x in _LENGTHS.value]
+  lengths = _lengths()
+  if needs_lm:
+    _check_fits(tokenizer, lengths)
   for name_eval in _EVALS.value:
     if name_eval == "mad" and "preset" not in kwargs:
       print(f"[{name}] mad: skipped (MAD trains presets from scratch; pass --preset)", flush=True)
@@ -166,8 +208,7 @@ def main(argv):
   if "lm_eval" in _EVALS.value and not _LM_EVAL_TASKS.value:
     raise app.UsageError("--evals=lm_eval needs --lm_eval_tasks.")
   _babilong_files()  # a malformed entry fails now, not after the other evaluations
-  if not all(x.isdigit() and int(x) > 0 for x in _LENGTHS.value):
-    raise app.UsageError(f"--lengths={','.join(_LENGTHS.value)}: expected positive token counts.")
+  _lengths()
   os.makedirs(_OUT.value, exist_ok=True)
   summary = {name: _evaluate_model(name, kwargs, _OUT.value) for name, kwargs in _model_specs()}
   print("\n" + write_summary(summary, _OUT.value), flush=True)

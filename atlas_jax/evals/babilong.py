@@ -10,9 +10,11 @@ Implements EVALS_NOTES.md §3.2 and §3.5 (own code, written from that descripti
 * Background prose is the KJV (:mod:`atlas_jax.evals.prose`, cycling from a random offset per sample) instead
   of PG-19; lengths count **our** tokenizer's tokens, not GPT-2's. Length ``L`` leaves ``prompt_reserve``
   tokens (BABILong: 300) for the question and answer, so the hidden text has ``L - prompt_reserve`` tokens.
-* :func:`label_match` — the official metric of ``metrics.py``: lowercase, keep the text before the first
-  ``.``, cut at ``<context>``, ``<example>`` and ``question``; collect the task's label words present, drop
-  those that also appear in the question; correct iff the target is the only one left. :func:`exact_match`
+* :func:`label_match` — the metric of ``metrics.py`` as EVALS_NOTES.md §3.5 describes it: lowercase, keep the
+  text before the first ``.``, cut at ``<context>``, ``<example>`` and ``question``; collect the task's label
+  words present, drop those that also appear in the question; correct iff the target is the only one left.
+  (The official code lowercases before it cuts at ``Question``, so its cut never applies: an output that goes
+  on ``"\nQuestion: ... Answer: garden"`` counts garden there and not here.) :func:`exact_match`
   is the fine-tuning protocol's metric (first line of the output, stripped of spaces and a final ``.``,
   compared case-insensitively).
 * Prompt for a base (non-chat) model: ``"{context}\\n\\nQuestion: {question}\\nAnswer:"``, greedy, at most 20
@@ -128,28 +130,35 @@ def hide_facts(facts: Sequence[str], num_tokens: int, tokenizer, seed: int | np.
 
 
 def make_babilong_samples(task: str, length: int, num_samples: int, tokenizer, seed: int = 42,
-                          prompt_reserve: int = PROMPT_RESERVE, log: Callable[[str], None] | None = None
-                          ) -> Iterator[BabilongSample]:
+                          prompt_reserve: int = PROMPT_RESERVE, log: Callable[[str], None] | None = None,
+                          fit_length: int | None = None) -> Iterator[BabilongSample]:
   """Lazily yields ``num_samples`` generated BABILong samples of ``length`` tokens (0 = facts only).
 
-  The bAbI samples are the same for every length (sample ``i`` asks the same question); samples whose facts
-  alone exceed ``length - prompt_reserve`` tokens are skipped (reported through ``log``).
+  Samples whose facts alone exceed ``fit_length - prompt_reserve`` tokens are skipped (reported through
+  ``log``); ``fit_length`` defaults to ``length`` and may not exceed it. Calls with the same ``fit_length`` ask
+  the same questions (sample ``i`` is the same bAbI story) at every length: ``run_babilong`` passes its
+  shortest length, so that accuracy against length does not mix in easier questions at short lengths.
   """
   if task not in LABELS:
     raise ValueError(f"unknown BABILong task {task!r}; expected one of {sorted(LABELS)}.")
-  if length < 0 or (length > 0 and length <= prompt_reserve):
-    raise ValueError(f"length must be 0 (facts only) or exceed prompt_reserve={prompt_reserve}; got {length}.")
+  fit_length = length if fit_length is None else fit_length
+  for name, value in (("length", length), ("fit_length", fit_length)):
+    if value < 0 or (value > 0 and value <= prompt_reserve):
+      raise ValueError(f"{name} must be 0 (facts only) or exceed prompt_reserve={prompt_reserve}; got {value}.")
+  if length and not 0 < fit_length <= length:
+    raise ValueError(f"fit_length={fit_length} must be in (0, length={length}]: the facts must fit the length.")
   budget = length - prompt_reserve if length else 0
+  fit_budget = fit_length - prompt_reserve if fit_length else 0
   skipped = 0
   made = 0
   for index, sample in enumerate(babi.make_babi_samples(task, num_samples=10 ** 9, seed=seed)):
     if made == num_samples:
       break
-    if budget and sum(len(tokenizer.encode(" " + f)) for f in sample.facts) > budget:
+    if fit_budget and sum(len(tokenizer.encode(" " + f)) for f in sample.facts) > fit_budget:
       skipped += 1
       if skipped > 100 * max(1, num_samples):
-        raise ValueError(f"length={length} is too short for {task}: almost no sample's facts fit in "
-                         f"{budget} tokens.")
+        raise ValueError(f"length={fit_length} is too short for {task}: almost no sample's facts fit in "
+                         f"{fit_budget} tokens.")
       continue
     rng = np.random.default_rng([seed, length, index])
     text, count = hide_facts(sample.facts, budget, tokenizer, seed=rng)
@@ -157,7 +166,7 @@ def make_babilong_samples(task: str, length: int, num_samples: int, tokenizer, s
                          sample.supporting, count)
     made += 1
   if skipped and log is not None:
-    log(f"BABILong {task} length {length}: skipped {skipped} samples whose facts exceed {budget} tokens")
+    log(f"BABILong {task} length {length}: skipped {skipped} samples whose facts exceed {fit_budget} tokens")
 
 
 # ----------------------------------------------------------------------------------------- loading
@@ -273,6 +282,7 @@ def run_babilong(generate_fn: Callable[[str, int], str], tokenizer, tasks: Seque
                        "BABILong files in data_files={(task, label): path} instead.")
   # Generated cells: tasks × lengths; file cells: each data_files entry (other cells of a file's length: —).
   all_lengths = list(lengths) + [L for L in dict.fromkeys(L for _, L in data_files) if L not in lengths]
+  fit_length = min((L for L in lengths if L), default=None)  # every length asks the questions that fit here
   records, label_acc, exact_acc = [], {}, {}
   for task in tasks:
     for length in all_lengths:
@@ -280,7 +290,7 @@ def run_babilong(generate_fn: Callable[[str, int], str], tokenizer, tasks: Seque
         samples = load_babilong_file(data_files[task, length], task, length)[:num_samples]
       elif length in lengths:
         samples = make_babilong_samples(task, length, num_samples, tokenizer, seed=seed,
-                                        prompt_reserve=prompt_reserve, log=log)
+                                        prompt_reserve=prompt_reserve, log=log, fit_length=fit_length)
       else:
         samples = []
       cell = []
@@ -299,6 +309,8 @@ def run_babilong(generate_fn: Callable[[str, int], str], tokenizer, tasks: Seque
             f"{exact_acc[key]:.1f} over {len(cell)} samples")
   summary = dict(
       tasks=list(tasks), lengths=all_lengths, seed=seed, prompt_reserve=prompt_reserve,
+      questions=(f"the same at every generated length: the first {num_samples} whose facts fit "
+                 f"{fit_length} tokens" if fit_length else "facts only"),
       max_new_tokens=max_new_tokens, prompt_format=make_prompt("{context}", "{question}"),
       background=prose.SUBSTITUTION, length_unit="tokens of the evaluated model's tokenizer",
       data_files={f"{t}/{L}": p for (t, L), p in data_files.items()},

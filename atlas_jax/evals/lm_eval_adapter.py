@@ -84,10 +84,15 @@ class AtlasJaxLM(LM):
     self.max_gen_toks = int(max_gen_toks)
 
   def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation): the whole text's tokens split after the context's, as the harness
+    does, unless the tokenizer merges across the boundary (e.g. "year 1" + "0" → "year", " 10"); the split
+    would then give the context the answer's tokens and the continuation none, so the two are encoded apart."""
     context, continuation = _split_context(context, continuation)
     whole = self.lm.encode(context + continuation)
     context_ids = self.lm.encode(context) if context else []
-    return whole[:len(context_ids)], whole[len(context_ids):]
+    if whole[:len(context_ids)] != context_ids or len(whole) == len(context_ids):
+      return context_ids, self.lm.encode(continuation)
+    return context_ids, whole[len(context_ids):]
 
   def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
     from tqdm import tqdm

@@ -243,6 +243,20 @@ def test_make_babilong_samples_lengths_and_same_questions():
     next(babilong.make_babilong_samples("qa1", 200, 1, tok))
 
 
+def test_run_babilong_asks_the_same_questions_at_every_length(tmp_path):
+  """qa3's stories are long: at 1,024 tokens many do not fit, and the longer lengths must skip them too."""
+  tok = ByteTokenizer()
+  out = babilong.run_babilong(lambda prompt, n: " kitchen", tok, ["qa3"], [0, 4096, 1024], 6, str(tmp_path),
+                              log=lambda s: None)
+  records = json.load(open(tmp_path / "babilong.json"))["samples"]
+  indices = {length: [r["index"] for r in records if r["length"] == length] for length in (0, 1024, 4096)}
+  assert indices[0] == indices[1024] == indices[4096] and len(indices[0]) == 6
+  assert indices[0] != list(range(6))  # some stories were skipped at every length
+  assert "1024 tokens" in out["questions"]
+  with pytest.raises(ValueError, match="fit_length"):
+    next(babilong.make_babilong_samples("qa3", 1024, 1, tok, fit_length=2048))
+
+
 def test_label_metric_on_hand_made_outputs():
   m = babilong.label_match
   assert m("The most recent location of Mary is kitchen.", "kitchen", "Where is Mary?", "qa1")

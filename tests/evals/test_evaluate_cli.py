@@ -47,7 +47,14 @@ def test_evaluate_writes_per_model_results_and_a_summary(tmp_path):
     (["--workdir=/nonexistent/run", "--evals=perplexity"], "/nonexistent/run"),
     (["--preset=delta", "--evals=perplexity,lm_eval"], "needs --lm_eval_tasks"),
     (["--preset=delta", "--evals=babilong", "--babilong_files=qa1=x.json"], "expected task/length=path"),
+    (["--preset=delta", "--evals=babilong", "--babilong_tasks=qa1", f"--babilong_files=qa2/4k={__file__}"],
+     "must be one of --babilong_tasks"),
+    (["--preset=delta", "--evals=babilong", "--lengths=0,200"], "babilong needs 0 (facts only) or lengths above"),
+    (["--preset=delta", "--evals=niah", "--lengths=100"], "niah needs lengths above --niah_new_tokens=128"),
+    # Fits the flags but not the template in this tokenizer: refused before perplexity runs.
+    (["--preset=delta", "--evals=perplexity,niah", "--lengths=140"], "is too short for niah_single_1"),
 ])
 def test_bad_arguments_fail_with_a_message(tmp_path, args, message):
   proc = _run(*args, f"--out={tmp_path}")
   assert proc.returncode != 0 and message in proc.stderr + proc.stdout
+  assert not (tmp_path / "delta-tiny" / "perplexity" / "perplexity.json").exists()

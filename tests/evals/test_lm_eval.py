@@ -133,6 +133,24 @@ def test_adapter_request_mapping(tmp_path):
     AtlasJaxLM.create_from_arg_string("preset=atlas,widht=3")
 
 
+def test_a_continuation_merged_into_the_context_is_encoded_apart():
+  """With a BPE-like tokenizer that has " 10" as one token, "The year is 1" + "0" tokenizes as "... is", " 10":
+  split after the context's tokens, the continuation would be empty and scored as certain."""
+  vocab = {" 10": 0, " 1": 1, "0": 2, "The": 3, " year": 4, " is": 5}
+
+  def encode(text):  # greedy longest match
+    ids = []
+    while text:
+      piece = max((p for p in vocab if text.startswith(p)), key=len)
+      ids.append(vocab[piece])
+      text = text[len(piece):]
+    return ids
+
+  stub = type("Stub", (), {"lm": type("L", (), {"encode": staticmethod(encode)})()})()
+  assert AtlasJaxLM._encode_pair(stub, "The year is 1", "0") == ([3, 4, 5, 1], [2])
+  assert AtlasJaxLM._encode_pair(stub, "The year is", " 10") == ([3, 4, 5], [0])  # no merge: the harness's split
+
+
 def test_tiny_atlas_runs_offline_and_deterministically():
   tasks = ["toy_mc", "toy_ppl", "toy_gen"]
   first = _evaluate(AtlasJaxLM.create_from_arg_string(TINY_ATLAS_ARGS), tasks)
