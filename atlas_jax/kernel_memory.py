@@ -157,4 +157,11 @@ def kernel_memory(q, k, v, gates: Gates, state: KernelMemoryState, config: Memor
   y = from_segments(y, out_index)
   if normalized:
     y = y[..., :-1] / y[..., -1:]
+  # The cache holds `capacity` positions (init_kernel_state); later keys would overwrite its last rows. A known
+  # position is checked here; under jit (decoding) the outputs of positions past it are NaN, as attention's.
+  capacity = state.keys.shape[2] - (config.window - 1) - config.chunk_size
+  if static and position + length > capacity:
+    raise ValueError(f"positions {position}…{position + length - 1} do not fit this kernel-memory state, made for "
+                     f"{capacity} positions (init_kernel_state's capacity).")
+  y = jnp.where((position + jnp.arange(length) < capacity)[None, :, None, None], y, jnp.nan)
   return y, final._replace(position=(state.position + length).astype(jnp.int32))

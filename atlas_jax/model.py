@@ -57,9 +57,10 @@ class AtlasLM(nnx.Module):
   def init_cache(self, batch: int, max_length: int):
     """Decoding state for `max_length` tokens: KV caches for attention, streaming state for memories.
 
-    Size it for the prompt plus every token to come, as ``sampling.generate`` does: attention returns NaN for
-    positions past `max_length` (its cache holds no more; under jit this cannot raise). A sliding window's ring
-    with max_length ≥ window has no such bound, and memories stream without one."""
+    Size it for the prompt plus every token to come, as ``sampling.generate`` does: attention and the kernel
+    memories (DeepTransformers, Dot) return NaN for positions past `max_length` (their caches hold no more;
+    under jit this cannot raise). A sliding window's ring with max_length ≥ window has no such bound, and the
+    finite memories stream without one."""
     if self.config.scan_layers:
       @nnx.vmap(in_axes=(0,), out_axes=0)
       def stacked(block):

@@ -42,6 +42,40 @@ def test_kernel_form_equals_explicit_features(config):
       assert max_rel_error(s.w1, s_ref.weights["W1"]) < 1e-8
 
 
+@pytest.mark.parametrize("config", [
+    MemoryConfig(kind="mlp", feature_map="polynomial", bias="l2", window=3, chunk_size=4),
+    MemoryConfig(kind="linear", feature_map="polynomial", bias="l2", window=2, chunk_size=3),
+], ids=("mlp", "linear"))
+def test_kernel_form_gradients_equal_explicit_features(config):
+  """SPEC.md §5 asks for gradients on every fast path: with respect to q, k, v, the gates, W1 and φ's
+  coefficients, the kernel form's equal the explicit-feature reference's."""
+  with x64():
+    q, k, v, gates, weights, coeffs = memory_inputs(config, length=11, dtype=jnp.float64, seed=2)
+    phi_side = "W" if config.kind == "linear" else "W2"
+    weights = {**weights, phi_side: jnp.zeros_like(weights[phi_side])}
+    w1 = weights.get("W1")
+    batch, length, heads, key_dim = q.shape
+
+    def reference(q, k, v, gates, w1, coeffs):
+      y, _ = memory_op(q, k, v, gates, {**weights, **({} if w1 is None else {"W1": w1})}, config=config,
+                       feature_coeffs=coeffs, implementation="reference")
+      return jnp.sum(jnp.sin(y))
+
+    def kernel(q, k, v, gates, w1, coeffs):
+      state = init_kernel_state(config, w1, batch, heads, length, key_dim, v.shape[-1])
+      state = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, state)
+      if w1 is not None:  # the state holds W1 in float32: put the float64 one back, gradient path included
+        w1_rows = jnp.broadcast_to(w1, (batch,) + w1.shape)
+        state = state._replace(w1=w1_rows, anchor_w1=w1_rows)
+      y, _ = kernel_memory(q, k, v, gates, state, config, _poly_kernel, coeffs, static_position=0)
+      return jnp.sum(jnp.sin(y))
+
+    argnums = (0, 1, 2, 3, 5) if w1 is None else (0, 1, 2, 3, 4, 5)
+    args = (q, k, v, gates, w1, coeffs)
+    grad = lambda f: jax.jit(jax.grad(f, argnums))(*args)
+    assert max_rel_error(grad(kernel), grad(reference)) < 1e-8
+
+
 def test_streaming_pieces_equal_one_call():
   config = MemoryConfig(kind="mlp", bias="l2", window=3, chunk_size=4)
   q, k, v, gates, weights, _ = memory_inputs(config, length=19, seed=5)
@@ -79,3 +113,7 @@ def test_unsupported_options_raise_clear_errors():
                           (MemoryConfig(kind="mlp", max_grad_norm=1.0), "max_grad_norm=1.0 is not implemented")):
     with pytest.raises(ValueError, match=message):
       kernel_memory(q, k, v, gates, None, config, exp_kernel, inv_t, static_position=0)
+  config = MemoryConfig(kind="linear", chunk_size=2)
+  small = init_kernel_state(config, None, q.shape[0], q.shape[2], 4, q.shape[3], v.shape[3])
+  with pytest.raises(ValueError, match=r"positions 0…4 do not fit this kernel-memory state, made for 4"):
+    kernel_memory(q, k, v, gates, small, config, exp_kernel, inv_t, static_position=0)

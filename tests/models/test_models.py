@@ -35,10 +35,12 @@ def test_prefill_then_decode_equals_full_forward(name):
   np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=2e-4, rtol=2e-4)
 
 
-@pytest.mark.parametrize("name, max_length, finite_steps", [("transformer++", 8, 8), ("swa", 8, 8), ("swa", 16, 40)])
+@pytest.mark.parametrize("name, max_length, finite_steps", [("transformer++", 8, 8), ("swa", 8, 8), ("swa", 16, 40),
+                                                        ("dot", 8, 8), ("titans", 8, 40)])
 def test_decoding_past_the_cache_is_nan_not_silently_wrong(name, max_length, finite_steps):
-  """Global attention's cache, and a sliding window's ring shorter than the window (16 here), hold max_length
-  positions: later ones come out NaN. A ring as long as the window decodes without bound."""
+  """Global attention's cache, a sliding window's ring shorter than the window (16 here) and a kernel memory's
+  key cache hold max_length positions: later ones come out NaN. A ring as long as the window, and a finite
+  memory, decode without bound."""
   model = AtlasLM(get_preset(name, "tiny"), rngs=nnx.Rngs(0))
   tokens = _tokens(batch=1, length=40)
   step = nnx.jit(lambda model, tokens, cache: model(tokens, cache))
