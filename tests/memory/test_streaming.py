@@ -59,3 +59,33 @@ def test_block_size_does_not_change_the_result():
     for block in (1, 2, 4):
       sub = memory_op(*inputs[:5], config=config, feature_coeffs=inputs[5], implementation="xla", block_size=block)
       assert max_rel_error((sub[0], compared_state(sub[1])), (full[0], compared_state(full[1]))) < 1e-10
+
+
+@pytest.mark.parametrize("config", [
+    MemoryConfig(kind="mlp", feature_map="polynomial", window=5, chunk_size=4, momentum=True, muon=True),
+    MemoryConfig(kind="gated_mlp", window=3, chunk_size=4, momentum=True, granularity="chunk", max_grad_norm=0.5),
+    MemoryConfig(kind="linear", window=6, chunk_size=4, momentum=True),
+], ids=("atlas", "gated-chunk-clipped", "linear-window"))
+def test_gradients_from_a_mid_chunk_state_match_the_reference(config):
+  """Continuing from a state at position 6 (C = 4: mid-chunk, a window carried): the xla path's gradients with
+  respect to the inputs, φ's coefficients and every field of the incoming state equal the reference's."""
+  with x64():
+    q, k, v, gates, weights, coeffs = memory_inputs(config, length=19, dtype=jnp.float64, seed=11)
+    part = lambda x, a, b: None if x is None else x[:, a:b]
+    head = lambda x: part(x, 0, 6)
+    _, state = memory_op(head(q), head(k), head(v), Gates(*(head(g) for g in gates)), weights, config=config,
+                         feature_coeffs=coeffs, implementation="reference")
+
+    def loss(q, k, v, gates, coeffs, state, implementation):
+      y, out = memory_op(q, k, v, gates, weights, config=config, feature_coeffs=coeffs, state=state,
+                         implementation=implementation)
+      ripple = jnp.sin(jnp.arange(y.size, dtype=y.dtype).reshape(y.shape))
+      return jnp.sum(y * ripple) + sum(jnp.sum(x ** 2) for x in (*out.weights.values(), *out.momentum.values()))
+
+    tail = lambda x: part(x, 6, 19)
+    args = (tail(q), tail(k), tail(v), Gates(*(tail(g) for g in gates)), coeffs, state)
+    grads = {impl: jax.jit(jax.grad(functools.partial(loss, implementation=impl), argnums=(0, 1, 2, 3, 4, 5),
+                                    allow_int=True))(*args) for impl in ("reference", "xla")}
+    fields = lambda s: (s.weights, s.anchor, s.momentum, s.window_k, s.window_v, s.window_gamma, s.decay)
+    assert max_rel_error(grads["xla"][:5], grads["reference"][:5]) < 1e-9
+    assert max_rel_error(fields(grads["xla"][5]), fields(grads["reference"][5])) < 1e-9
