@@ -27,6 +27,8 @@ _INPUT = flags.DEFINE_string("input", None, "glob of .txt / .jsonl files")
 _OUTPUT = flags.DEFINE_string("output", None, "output directory")
 _TOKENIZER = flags.DEFINE_string("tokenizer", "byte", "byte | sentencepiece | huggingface | tiktoken")
 _TOKENIZER_PATH = flags.DEFINE_string("tokenizer_path", "", "tokenizer file")
+_EOS_TOKEN = flags.DEFINE_string("eos_token", "", "huggingface: the document separator's token (default: the usual "
+                                 "names)")
 _WORKERS = flags.DEFINE_integer("workers", 1, "parallel processes")
 
 
@@ -35,19 +37,19 @@ def shard_path(output: str, path: str) -> str:
 
 
 def _id_summary(target: str, ids: np.ndarray) -> dict:
-  """A manifest entry: the shard's token count and id range (the training loader trusts it instead of reading
-  the whole shard to check the ids)."""
-  return {"path": os.path.basename(target), "tokens": int(ids.size),
+  """A manifest entry: the shard's token count, size and id range (the training loader trusts the range, when
+  the count and size still match, instead of reading the whole shard to check the ids)."""
+  return {"path": os.path.basename(target), "tokens": int(ids.size), "bytes": os.path.getsize(target),
           "min_id": int(ids.min()) if ids.size else 0, "max_id": int(ids.max()) if ids.size else 0}
 
 
 def tokenize_file(args) -> dict:
   """Tokenize one file into its shard (skipped if present); returns its manifest entry."""
-  path, output, kind, tokenizer_path = args
+  path, output, kind, tokenizer_path, eos_token = args
   target = shard_path(output, path)
   if os.path.exists(target):
     return _id_summary(target, np.load(target, mmap_mode="r"))
-  tokenizer = make_tokenizer(kind, tokenizer_path, 1 << 31)
+  tokenizer = make_tokenizer(kind, tokenizer_path, 1 << 31, eos_token)
   docs = [np.asarray(tokenizer.encode(doc) + [tokenizer.eos_id], np.int32) for doc in read_texts(path)]
   ids = np.concatenate(docs) if docs else np.zeros(0, np.int32)
   tmp = target + ".partial"  # not *.npy, so a training glob never picks up an unfinished shard
@@ -57,7 +59,7 @@ def tokenize_file(args) -> dict:
   return _id_summary(target, ids)
 
 
-def _check_same_tokenizer(output: str, tokenizer: str, tokenizer_path: str) -> None:
+def _check_same_tokenizer(output: str, tokenizer: str, tokenizer_path: str, eos_token: str) -> None:
   """Finished shards are reused on a rerun, so a rerun with another tokenizer would mix two vocabularies."""
   manifest = os.path.join(output, "manifest.json")
   if not os.path.exists(manifest):
@@ -67,12 +69,15 @@ def _check_same_tokenizer(output: str, tokenizer: str, tokenizer_path: str) -> N
     return
   with open(manifest, encoding="utf-8") as f:
     old = json.load(f)
-  if (old.get("tokenizer"), old.get("tokenizer_path")) != (tokenizer, tokenizer_path):
-    raise ValueError(f"{output} holds shards of tokenizer {old.get('tokenizer')!r} ({old.get('tokenizer_path')!r});"
-                     f" this run asks for {tokenizer!r} ({tokenizer_path!r}). Use another output directory.")
+  if (old.get("tokenizer"), old.get("tokenizer_path"), old.get("eos_token", "")) != (tokenizer, tokenizer_path,
+                                                                                     eos_token):
+    raise ValueError(f"{output} holds shards of tokenizer {old.get('tokenizer')!r} ({old.get('tokenizer_path')!r}, "
+                     f"eos {old.get('eos_token', '')!r}); this run asks for {tokenizer!r} ({tokenizer_path!r}, eos "
+                     f"{eos_token!r}). Use another output directory.")
 
 
-def prepare(input_glob: str, output: str, tokenizer: str = "byte", tokenizer_path: str = "", workers: int = 1):
+def prepare(input_glob: str, output: str, tokenizer: str = "byte", tokenizer_path: str = "", workers: int = 1,
+            eos_token: str = ""):
   paths = sorted(glob.glob(input_glob))
   if not paths:
     raise FileNotFoundError(f"--input={input_glob!r} matches no file.")
@@ -80,9 +85,9 @@ def prepare(input_glob: str, output: str, tokenizer: str = "byte", tokenizer_pat
   if len(set(stems)) != len(stems):
     raise ValueError("input files must have distinct names (each becomes <name>.npy).")
   os.makedirs(output, exist_ok=True)
-  _check_same_tokenizer(output, tokenizer, tokenizer_path)
-  _write_manifest(output, tokenizer, tokenizer_path, [])  # the tokenizer first, so a resumed run can check it
-  jobs = [(p, output, tokenizer, tokenizer_path) for p in paths]
+  _check_same_tokenizer(output, tokenizer, tokenizer_path, eos_token)
+  _write_manifest(output, tokenizer, tokenizer_path, eos_token, [])  # the tokenizer first: a resumed run checks it
+  jobs = [(p, output, tokenizer, tokenizer_path, eos_token) for p in paths]
   if workers > 1:
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
       results = []
@@ -94,19 +99,23 @@ def prepare(input_glob: str, output: str, tokenizer: str = "byte", tokenizer_pat
     for i, job in enumerate(jobs, 1):
       results.append(tokenize_file(job))
       print(f"[{i}/{len(jobs)}] {results[-1]['path']}: {results[-1]['tokens']:,} tokens", flush=True)
-  return _write_manifest(output, tokenizer, tokenizer_path, results)
+  return _write_manifest(output, tokenizer, tokenizer_path, eos_token, results)
 
 
-def _write_manifest(output: str, tokenizer: str, tokenizer_path: str, shards: list[dict]) -> dict:
-  manifest = {"tokenizer": tokenizer, "tokenizer_path": tokenizer_path, "shards": shards}
-  with open(os.path.join(output, "manifest.json"), "w", encoding="utf-8") as f:
+def _write_manifest(output: str, tokenizer: str, tokenizer_path: str, eos_token: str, shards: list[dict]) -> dict:
+  """Written to a temporary name and renamed, so an interrupted write leaves the old manifest."""
+  manifest = {"tokenizer": tokenizer, "tokenizer_path": tokenizer_path, "eos_token": eos_token, "shards": shards}
+  path = os.path.join(output, "manifest.json")
+  with open(path + ".partial", "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=1)
+  os.replace(path + ".partial", path)
   return manifest
 
 
 def main(argv):
   del argv
-  manifest = prepare(_INPUT.value, _OUTPUT.value, _TOKENIZER.value, _TOKENIZER_PATH.value, _WORKERS.value)
+  manifest = prepare(_INPUT.value, _OUTPUT.value, _TOKENIZER.value, _TOKENIZER_PATH.value, _WORKERS.value,
+                     _EOS_TOKEN.value)
   print(f"{sum(s['tokens'] for s in manifest['shards']):,} tokens in {len(manifest['shards'])} shards")
 
 

@@ -32,11 +32,12 @@ from atlas_jax.training.checkpoint import Checkpointer, check_compatible, checkp
 from atlas_jax.training.tokenizers import make_tokenizer
 
 
-def _build_tokenizer(tokenizer, tokenizer_path: str, vocab_size: int):
+def _build_tokenizer(tokenizer, tokenizer_path: str, vocab_size: int, eos_token: str = ""):
   """`tokenizer` as given (an object with encode/decode/vocab_size), or built from a kind name."""
   if tokenizer is None or isinstance(tokenizer, str):
     kind = tokenizer or "byte"
-    return make_tokenizer(kind, tokenizer_path, vocab_size=max(vocab_size, 257) if kind == "byte" else vocab_size)
+    return make_tokenizer(kind, tokenizer_path, vocab_size=max(vocab_size, 257) if kind == "byte" else vocab_size,
+                          eos_token=eos_token)
   for attr in ("encode", "decode", "vocab_size"):
     if not hasattr(tokenizer, attr):
       raise TypeError(f"tokenizer={tokenizer!r} has no `{attr}`; expected a kind name (byte, sentencepiece, "
@@ -108,7 +109,8 @@ def load_model(*, workdir: str | None = None, preset: str | None = None, size: s
     config = model.config
     data = meta.get("experiment", {}).get("data", {})
     if tokenizer is None:
-      tokenizer = _build_tokenizer(data.get("tokenizer", "byte"), data.get("tokenizer_path", ""), config.vocab_size)
+      tokenizer = _build_tokenizer(data.get("tokenizer", "byte"), data.get("tokenizer_path", ""), config.vocab_size,
+                                   data.get("eos_token", ""))
     else:
       tokenizer = _build_tokenizer(tokenizer, tokenizer_path, config.vocab_size)
     _check_vocab(tokenizer, config, f"workdir={workdir!r}")

@@ -116,7 +116,7 @@ def _encode(docs: list[str], tokenizer) -> np.ndarray:
 def load_tokens(data_config, vocab_size: int):
   """(train tokens, validation tokens, tokenizer) for `data_config` (see the module docstring). The tokens are
   int32 arrays, or for the ``tokens`` source ``TokenStream``s (``len`` and contiguous slices, like an array)."""
-  tokenizer = make_tokenizer(data_config.tokenizer, data_config.tokenizer_path, vocab_size)
+  tokenizer = make_tokenizer(data_config.tokenizer, data_config.tokenizer_path, vocab_size, data_config.eos_token)
   if tokenizer.vocab_size > vocab_size:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {vocab_size}.")
   source = data_config.source

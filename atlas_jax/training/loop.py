@@ -135,7 +135,7 @@ def _check_same_data(meta: dict, config) -> None:
   (fine-tune with init_from instead, which starts the data afresh)."""
   saved = meta.get("experiment", {}).get("data", {})
   current = json.loads(config.to_json())["data"]
-  changed = [key for key in ("source", "tokenizer", "seq_len", "batch_size", "seed", "num_workers",
+  changed = [key for key in ("source", "tokenizer", "eos_token", "seq_len", "batch_size", "seed", "num_workers",
                              "val_fraction") if key in saved and saved[key] != current.get(key)]
   saved_accum = meta.get("experiment", {}).get("train", {}).get("grad_accum", config.train.grad_accum)
   if saved_accum != config.train.grad_accum:

@@ -45,7 +45,8 @@ class MetricWriter:
 
   A run that starts from `start_step` (the restored checkpoint's, 0 for a fresh run) first drops what an earlier
   attempt logged after that step, which this run logs again: rows of metrics.jsonl with a larger step, and (by
-  TensorBoard's purge_step) those steps' events."""
+  TensorBoard's purge_step) those steps' events. One writer per workdir: rows that a still-running earlier
+  attempt appends during the rewrite are lost."""
 
   def __init__(self, workdir: str, enabled: bool = True, start_step: int = 0):
     self.enabled = enabled
@@ -84,14 +85,17 @@ class MetricWriter:
 
 
 def _drop_rows_after(path: str, step: int) -> None:
-  """Rewrites metrics.jsonl without its rows past `step`, and without a line cut short by a crash (atomically: a
-  crash now leaves the old file or the new)."""
+  """Rewrites metrics.jsonl without its rows past `step` and a line cut short by a crash (atomically: a crash
+  now leaves the old file or the new)."""
   if not os.path.exists(path):
     return
   with open(path, encoding="utf-8") as f:
     lines = f.readlines()
-  kept = [line for line in lines if _step(line) is not None and _step(line) <= step]
-  if len(kept) == len(lines):
+  # A row cut short does not parse (a JSON object ends with its brace); a whole one whose newline was never
+  # written gets it back, so that the next row is not appended onto it.
+  kept = [line if line.endswith("\n") else line + "\n" for line in lines
+          if _step(line) is not None and _step(line) <= step]
+  if kept == lines:
     return
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.writelines(kept)

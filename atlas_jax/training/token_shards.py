@@ -6,7 +6,8 @@ batching, however large the corpus. Nothing stays open: the stream pickles as it
 processes read it too.
 
 Token ids are checked once, when the stream is opened: from ``manifest.json`` where ``experiments.prepare_data``
-recorded each shard's id range (and token count), otherwise by reading the shard in blocks.
+recorded each shard's id range (trusted while the shard's token count and byte size match it), otherwise by
+reading the shard in blocks. A shard whose size disagrees with its header (cut short) is refused.
 """
 
 from __future__ import annotations
@@ -32,17 +33,27 @@ def _header(path: str) -> tuple[int, np.dtype, int]:
     raise ValueError(f"{path}: token shards must hold integers, got {dtype}.")
   if fortran_order and len(shape) > 1:
     raise ValueError(f"{path}: a multi-dimensional shard must be in C order (it is read as one flat stream).")
-  return int(np.prod(shape, dtype=np.int64)), dtype, offset
+  count = int(np.prod(shape, dtype=np.int64))
+  if os.path.getsize(path) != offset + count * dtype.itemsize:
+    raise ValueError(f"{path}: its header promises {count} tokens ({offset + count * dtype.itemsize} bytes) but the "
+                     f"file has {os.path.getsize(path)} bytes; it was cut short or appended to.")
+  return count, dtype, offset
 
 
-def _manifest_ranges(directory: str) -> dict[str, tuple[int, int, int]]:
-  """{shard file name: (tokens, min id, max id)} from ``directory/manifest.json``, where it records them."""
+def _manifest_ranges(directory: str) -> dict[str, tuple[int, int, int, int]]:
+  """{shard file name: (tokens, bytes, min id, max id)} from ``directory/manifest.json``, where it records them;
+  an unreadable manifest is ignored (the shards are then read)."""
   path = os.path.join(directory, "manifest.json")
   if not os.path.exists(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    shards = json.load(f).get("shards", [])
-  return {s["path"]: (s["tokens"], s["min_id"], s["max_id"]) for s in shards if "min_id" in s and "max_id" in s}
+  try:
+    with open(path, encoding="utf-8") as f:
+      shards = json.load(f)["shards"]
+    return {s["path"]: (int(s["tokens"]), int(s["bytes"]), int(s["min_id"]), int(s["max_id"]))
+            for s in shards if {"tokens", "bytes", "min_id", "max_id"} <= set(s)}
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    print(f"ignoring {path} ({type(e).__name__}: {e}); the shards' token ids are read to check them.", flush=True)
+    return {}
 
 
 class TokenStream:
@@ -83,28 +94,34 @@ class TokenStream:
 def open_token_shards(paths: list[str], vocab_size: int) -> TokenStream:
   """The stream over `paths` (in order), its token ids checked to lie in [0, vocab_size)."""
   headers = [_header(path) for path in paths]
-  stream = TokenStream(paths, [h[0] for h in headers], [h[1] for h in headers], [h[2] for h in headers])
-  recorded: dict[str, dict] = {}
+  manifests: dict[str, dict] = {}
+  ranges, unrecorded = {}, []
   for path, (size, _, _) in zip(paths, headers):
     directory = os.path.dirname(os.path.abspath(path))
-    if directory not in recorded:
-      recorded[directory] = _manifest_ranges(directory)
-    entry = recorded[directory].get(os.path.basename(path))
-    if entry is not None and entry[0] == size:
-      low, high = entry[1], entry[2]
+    if directory not in manifests:
+      manifests[directory] = _manifest_ranges(directory)
+    entry = manifests[directory].get(os.path.basename(path))
+    if entry is not None and entry[:2] == (size, os.path.getsize(path)):
+      ranges[path] = entry[2:]
     else:
-      low, high = _id_range(path, size)
+      unrecorded.append((path, size))
+  if sum(size for _, size in unrecorded) > _CHECK_BLOCK:
+    print(f"checking the token ids of {len(unrecorded)} shards ({sum(size for _, size in unrecorded):,} tokens) that "
+          "no manifest.json records (experiments.prepare_data writes one)…", flush=True)
+  ranges.update((path, _id_range(path)) for path, _ in unrecorded)
+  for path, (size, _, _) in zip(paths, headers):
+    low, high = ranges[path]
     if size and (low < 0 or high >= vocab_size):
       raise ValueError(f"{path}: token ids range over [{low}, {high}], outside [0, {vocab_size}); check the "
                        "tokenizer and the model's vocab_size.")
-  return stream
+  return TokenStream(paths, [h[0] for h in headers], [h[1] for h in headers], [h[2] for h in headers])
 
 
-def _id_range(path: str, size: int) -> tuple[int, int]:
+def _id_range(path: str) -> tuple[int, int]:
   """(min, max) token id of one shard, read in blocks of _CHECK_BLOCK tokens."""
   n, dtype, offset = _header(path)
   low, high = np.iinfo(np.int64).max, np.iinfo(np.int64).min
-  for first in range(0, size, _CHECK_BLOCK):
+  for first in range(0, n, _CHECK_BLOCK):
     block = np.fromfile(path, dtype=dtype, count=min(_CHECK_BLOCK, n - first), offset=offset + first * dtype.itemsize)
     low, high = min(low, int(block.min())), max(high, int(block.max()))
   return low, high

@@ -63,11 +63,11 @@ class HuggingFaceTokenizer:
     tokenizers = _require("tokenizers", "tokenizers")
     self._tok = tokenizers.Tokenizer.from_file(path)
     self.vocab_size = self._tok.get_vocab_size()
-    candidates = [eos_token] if eos_token else ["</s>", "<|endoftext|>", "<eos>", "[SEP]"]
+    candidates = [eos_token] if eos_token else ["</s>", "<|endoftext|>", "<|end_of_text|>", "<eos>", "[SEP]"]
     ids = [self._tok.token_to_id(t) for t in candidates if t and self._tok.token_to_id(t) is not None]
     if not ids:
       raise ValueError(f"{path}: the tokenizer has none of the end-of-text tokens {candidates}, which separate "
-                       "packed documents; pass eos_token.")
+                       "packed documents; name it with eos_token (data.eos_token, prepare_data --eos_token).")
     self.eos_id = ids[0]
 
   def encode(self, text: str) -> list[int]:
@@ -102,14 +102,17 @@ class TiktokenTokenizer:
     return self._enc.decode([int(i) for i in ids])
 
 
-def make_tokenizer(kind: str, path: str = "", vocab_size: int = 257):
-  """kind: ``byte`` | ``sentencepiece`` | ``huggingface`` | ``tiktoken``."""
+def make_tokenizer(kind: str, path: str = "", vocab_size: int = 257, eos_token: str = ""):
+  """kind: ``byte`` | ``sentencepiece`` | ``huggingface`` | ``tiktoken``; eos_token names the document separator
+  of a ``huggingface`` tokenizer (default: the first of </s>, <|endoftext|>, <|end_of_text|>, <eos>, [SEP])."""
+  if eos_token and kind != "huggingface":
+    raise ValueError(f"eos_token={eos_token!r} applies to the huggingface tokenizer only, not {kind!r}.")
   if kind == "byte":
     return ByteTokenizer(vocab_size)
   if kind == "sentencepiece":
     return SentencePieceTokenizer(path)
   if kind == "huggingface":
-    return HuggingFaceTokenizer(path)
+    return HuggingFaceTokenizer(path, eos_token or None)
   if kind == "tiktoken":
     return TiktokenTokenizer(path)
   raise ValueError(f"unknown tokenizer {kind!r}; expected byte, sentencepiece, huggingface or tiktoken.")

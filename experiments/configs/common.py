@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.max_documents = 100_000  # huggingface: documents streamed into memory
   c.data.tokenizer = "byte"  # byte | sentencepiece | huggingface | tiktoken
   c.data.tokenizer_path = ""
+  c.data.eos_token = ""  # huggingface: the document separator's token, if not one of the usual names
   c.data.seq_len = 128
   c.data.batch_size = 16  # per process and per micro-batch
   c.data.val_fraction = 0.05

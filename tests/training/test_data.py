@@ -44,8 +44,12 @@ def test_huggingface_tokenizer_adds_no_special_tokens(tmp_path):
 
   tok = make_tokenizer("huggingface", save("</s>"))
   assert tok.encode("hello world") == [1, 2] and tok.eos_id == 3
+  assert make_tokenizer("huggingface", save("<|end_of_text|>")).eos_id == 3
   with pytest.raises(ValueError, match="none of the end-of-text tokens"):
     make_tokenizer("huggingface", save("<pad>"))
+  assert make_tokenizer("huggingface", save("<pad>"), eos_token="<pad>").eos_id == 3  # data.eos_token
+  with pytest.raises(ValueError, match="applies to the huggingface tokenizer only"):
+    make_tokenizer("byte", eos_token="<pad>")
 
 
 def test_bible_source_is_real_text_with_a_book_split():
@@ -101,6 +105,7 @@ def test_prepare_data_writes_shards_and_resumes(tmp_path):
   manifest = prepare(str(tmp_path / "*.jsonl"), str(out))
   assert [s["tokens"] for s in manifest["shards"]] == [4 * 8] * 3  # "doc i.j" = 7 bytes + separator
   assert [(s["min_id"], s["max_id"]) for s in manifest["shards"]] == [(ord(" "), 256)] * 3
+  assert manifest["shards"][0]["bytes"] == (out / "part0.npy").stat().st_size and manifest["eos_token"] == ""
   first = shard_path(str(out), str(tmp_path / "part0.jsonl"))
   mtime = __import__("os").path.getmtime(first)
   prepare(str(tmp_path / "*.jsonl"), str(out))  # a second run skips finished shards
@@ -145,14 +150,22 @@ def test_token_shard_ids_are_checked_from_the_manifest_or_the_data(tmp_path):
   config = _data_config(source="tokens", path=str(tmp_path / "*.npy"))
   with pytest.raises(ValueError, match=r"a.npy: token ids range over \[1, 300\], outside \[0, 257\)"):
     data_lib.load_tokens(config, 257)
-  # A manifest (as prepare_data writes it) is trusted instead of reading the shard, when its count matches.
-  manifest = {"shards": [{"path": "a.npy", "tokens": 3, "min_id": -1, "max_id": 5}]}
+  # A manifest (as prepare_data writes it) is trusted instead of reading the shard, while count and size match.
+  size = (tmp_path / "a.npy").stat().st_size
+  manifest = {"shards": [{"path": "a.npy", "tokens": 3, "bytes": size, "min_id": -1, "max_id": 5}]}
   (tmp_path / "manifest.json").write_text(json.dumps(manifest))
   with pytest.raises(ValueError, match=r"range over \[-1, 5\]"):
     data_lib.load_tokens(config, 257)
-  manifest["shards"][0]["tokens"] = 4  # stale: the shard is read again
-  (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+  for key, stale in (("tokens", 4), ("bytes", size + 4)):  # stale: the shard is read again
+    (tmp_path / "manifest.json").write_text(json.dumps({"shards": [dict(manifest["shards"][0], **{key: stale})]}))
+    with pytest.raises(ValueError, match=r"range over \[1, 300\]"):
+      data_lib.load_tokens(config, 257)
+  (tmp_path / "manifest.json").write_text('{"shards": [{"path": "a.np')  # cut short: ignored, the shard is read
   with pytest.raises(ValueError, match=r"range over \[1, 300\]"):
+    data_lib.load_tokens(config, 257)
+  with open(tmp_path / "a.npy", "r+b") as f:  # a shard cut short is refused when opened, not mid-training
+    f.truncate(size - 4)
+  with pytest.raises(ValueError, match="header promises 3 tokens .* it was cut short"):
     data_lib.load_tokens(config, 257)
   np.save(tmp_path / "a.npy", np.array([0.5]))
   with pytest.raises(ValueError, match="token shards must hold integers"):

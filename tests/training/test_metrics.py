@@ -23,5 +23,9 @@ def test_a_resumed_run_drops_rows_past_its_checkpoint(tmp_path):
     resumed.write(step, {"train/loss": 0.5})
   resumed.close()
   assert _steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write('{"step": 7, "train/loss": 0.5}')  # whole, but its newline was never written
+  MetricWriter(str(tmp_path), start_step=7).close()
+  assert _steps(tmp_path) == [1, 2, 3, 4, 5, 6, 7] and (tmp_path / "metrics.jsonl").read_text().endswith("}\n")
   MetricWriter(str(tmp_path)).close()  # a fresh start (no checkpoint) keeps nothing
   assert _steps(tmp_path) == []
