@@ -1,4 +1,4 @@
-"""Entry point: flags → banner → distributed init → ``train_and_evaluate(config, workdir)``.
+"""Entry point: flags → distributed init → banner → ``train_and_evaluate(config, workdir)``.
 
     python -m experiments.main --config=experiments/configs/demo.py --workdir=/tmp/atlas_demo
     python -m experiments.main --config=experiments/configs/paper_760m.py:atlas --workdir=/shared/runs/atlas_760m \

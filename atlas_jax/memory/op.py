@@ -81,6 +81,8 @@ def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
   for name in ("log_alpha", "eta", "gamma", "log_theta"):
     gate = getattr(gates, name)
     if gate is None:
+      if name != "log_theta":  # only θ is optional (momentum off)
+        raise ValueError(f"gates.{name} is None; log_alpha, eta and gamma are required [B, T, H] arrays.")
       continue
     if gate.shape != (batch, length, heads):
       raise ValueError(f"gate {name} has shape {gate.shape}; expected [B, T, H] = {(batch, length, heads)}.")

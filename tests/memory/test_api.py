@@ -111,6 +111,7 @@ def test_init_state_shapes():
     (lambda q, k, v, g, w, a: (q[..., :3], k, v, g, w, a), "expected q, k"),
     (lambda q, k, v, g, w, a: (q, k, v, g._replace(eta=g.eta[:, :5]), w, a), "gate eta"),
     (lambda q, k, v, g, w, a: (q, k, v, g._replace(log_theta=None), w, a), "log_theta"),
+    (lambda q, k, v, g, w, a: (q, k, v, g._replace(gamma=None), w, a), "gates.gamma is None"),
     (lambda q, k, v, g, w, a: (q, k, v, g, {"W": w["W1"]}, a), "init_weights has"),
     (lambda q, k, v, g, w, a: (q, k, v, g, {**w, "W2": w["W2"][:, :, :3]}, a), "init_weights['W2']"),
     (lambda q, k, v, g, w, a: (q, k, v, g, w, None), "feature_coeffs"),
