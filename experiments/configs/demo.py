@@ -4,9 +4,10 @@
     python -m experiments.main --config=experiments/configs/demo.py:transformer++ --workdir=/tmp/tpp_demo
 
 The argument picks the preset (default ``atlas``; ``transformer++`` trains an equal-size Transformer++ the same
-way for comparison). Expected on a 2-core CPU: under 5 minutes with tcmalloc preloaded (measured 4m48s on a
-2-core Xeon, compilation included), about 7 minutes without it (3,400 vs 4,700 tokens/s); the training loss falls from ≈ 5.6 (uniform over 257 ids) and the validation loss
-reaches about 1.4 nats per byte (perplexity ≈ 4.1) after 600 steps of 2,048 tokens.
+way for comparison). Expected on a 2-core CPU: under 6 minutes with tcmalloc preloaded (measured 5m38s on a
+2-core Xeon, start-up and compilation included, 3,900 tokens/s), longer without it; the training loss falls from
+≈ 5.6 (uniform over 257 ids) and the validation loss reaches about 1.41 nats per byte (perplexity ≈ 4.1) after
+600 steps of 2,048 tokens.
 """
 
 from atlas_jax.presets import get_preset
