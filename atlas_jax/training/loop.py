@@ -250,6 +250,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
               f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; stopping. The last checkpoint "
               f"(step {max(checkpointer.steps(), default='none')}) is intact; lower the learning rate or check "
               "the data." + divergence_hint(model_config))
+        progress.update(step, loss, force=step == config.train.steps)
+        if step % config.train.log_every == 0:  # before the save: a resume drops rows past its checkpoint
+          writer.write(step, {"train/loss": loss, "train/grad_norm": grad_norm})
         preempted = preemption.reached(step)
         save(step, force=step == config.train.steps or preempted)  # before evaluating or sampling, which may fail
         if preempted:
@@ -258,9 +261,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                   flush=True)
           results["preempted"] = True
           break
-        progress.update(step, loss, force=step == config.train.steps)
-        if step % config.train.log_every == 0:
-          writer.write(step, {"train/loss": loss, "train/grad_norm": grad_norm})
         if step % config.train.eval_every == 0 or step == config.train.steps:
           val = _evaluate(eval_step, params, validation, batch_sharding)
           results = {"val/loss": val, "val/perplexity": math.exp(min(val, 50.0))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -76,6 +77,12 @@ def straight_run(tmp_path_factory):
   return workdir
 
 
+def _logged_train_steps(workdir) -> list[int]:
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  return [row["step"] for row in rows if "train/loss" in row]
+
+
 def test_resume_after_sigkill_mid_run(tmp_path, straight_run):
   killed = str(tmp_path / "killed")
   _run_child(killed, kill_step=3, async_save=False)
@@ -89,8 +96,10 @@ def test_resume_after_sigkill_during_a_save(tmp_path, straight_run):
   _run_child(killed, kill_step=4, async_save=True)
   steps = Checkpointer(os.path.join(killed, "checkpoints"), async_save=False).steps()
   assert 4 not in steps and max(steps) == 3, steps  # the interrupted save left no listed step
+  assert _logged_train_steps(killed) == [1, 2, 3, 4]  # step 4 was logged, not saved
   assert loop.train_and_evaluate(tiny_config.get_config(), killed)["step"] == 6
   _assert_same_params(straight_run, killed, 6)
+  assert _logged_train_steps(killed) == _logged_train_steps(straight_run) == [1, 2, 3, 4, 5, 6]
 
 
 def test_sigterm_saves_the_step_and_stops_cleanly(tmp_path, straight_run):
