@@ -310,7 +310,7 @@ def run_babilong(generate_fn: Callable[[str, int], str], tokenizer, tasks: Seque
   summary = dict(
       tasks=list(tasks), lengths=all_lengths, seed=seed, prompt_reserve=prompt_reserve,
       questions=(f"the same at every generated length: the first {num_samples} whose facts fit "
-                 f"{fit_length} tokens" if fit_length else "facts only"),
+                 f"{fit_length} tokens" if fit_length else "no length budget (facts only, or files)"),
       max_new_tokens=max_new_tokens, prompt_format=make_prompt("{context}", "{question}"),
       background=prose.SUBSTITUTION, length_unit="tokens of the evaluated model's tokenizer",
       data_files={f"{t}/{L}": p for (t, L), p in data_files.items()},
