@@ -160,8 +160,10 @@ def kernel_memory(q, k, v, gates: Gates, state: KernelMemoryState, config: Memor
   # The cache holds `capacity` positions (init_kernel_state); later keys would overwrite its last rows. A known
   # position is checked here; under jit (decoding) the outputs of positions past it are NaN, as attention's.
   capacity = state.keys.shape[2] - (config.window - 1) - config.chunk_size
-  if static and position + length > capacity:
-    raise ValueError(f"positions {position}…{position + length - 1} do not fit this kernel-memory state, made for "
-                     f"{capacity} positions (init_kernel_state's capacity).")
-  y = jnp.where((position + jnp.arange(length) < capacity)[None, :, None, None], y, jnp.nan)
+  if static:
+    if position + length > capacity:
+      raise ValueError(f"positions {position}…{position + length - 1} do not fit this kernel-memory state, made "
+                       f"for {capacity} positions (init_kernel_state's capacity).")
+  else:
+    y = jnp.where((position + jnp.arange(length) < capacity)[None, :, None, None], y, jnp.nan)
   return y, final._replace(position=(state.position + length).astype(jnp.int32))

@@ -93,8 +93,8 @@ def _drop_rows_after(path: str, step: int) -> None:
     lines = f.readlines()
   # A row cut short does not parse (a JSON object ends with its brace); a whole one whose newline was never
   # written gets it back, so that the next row is not appended onto it.
-  kept = [line if line.endswith("\n") else line + "\n" for line in lines
-          if _step(line) is not None and _step(line) <= step]
+  kept = [line if line.endswith("\n") else line + "\n" for line, row_step in zip(lines, map(_step, lines))
+          if row_step is not None and row_step <= step]
   if kept == lines:
     return
   with open(path + ".tmp", "w", encoding="utf-8") as f:

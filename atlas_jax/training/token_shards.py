@@ -59,9 +59,10 @@ def _manifest_ranges(directory: str) -> dict[str, tuple[int, int, int, int]]:
 class TokenStream:
   """Tokens [start, stop) of the concatenation of `paths` (see the module docstring); ``len`` and ``[a:b]``."""
 
-  def __init__(self, paths, sizes, dtypes, offsets, start: int = 0, stop: int | None = None):
-    self.paths, self.sizes, self.dtypes, self.offsets = list(paths), list(sizes), list(dtypes), list(offsets)
-    self._ends = np.cumsum(self.sizes, dtype=np.int64)  # shard s holds stream positions [ends[s-1], ends[s])
+  def __init__(self, paths, headers, start: int = 0, stop: int | None = None):
+    """headers: each shard's (token count, dtype, data offset), from `_header`."""
+    self.paths, self.headers = list(paths), list(headers)
+    self._ends = np.cumsum([h[0] for h in self.headers], dtype=np.int64)  # shard s: positions [ends[s-1], ends[s])
     total = int(self._ends[-1]) if len(self._ends) else 0
     self.start, self.stop = start, total if stop is None else stop
 
@@ -71,8 +72,7 @@ class TokenStream:
   def split(self, n_last: int) -> tuple[TokenStream, TokenStream]:
     """(all but the last `n_last` tokens, the last `n_last`)."""
     cut = self.stop - n_last
-    fields = (self.paths, self.sizes, self.dtypes, self.offsets)
-    return TokenStream(*fields, self.start, cut), TokenStream(*fields, cut, self.stop)
+    return TokenStream(self.paths, self.headers, self.start, cut), TokenStream(self.paths, self.headers, cut, self.stop)
 
   def __getitem__(self, index: slice) -> np.ndarray:
     if not isinstance(index, slice) or index.step not in (None, 1):
@@ -84,9 +84,9 @@ class TokenStream:
     while written < len(out):
       shard_start = int(self._ends[s - 1]) if s else 0
       n = min(b, int(self._ends[s])) - a
-      itemsize = self.dtypes[s].itemsize
-      out[written:written + n] = np.fromfile(self.paths[s], dtype=self.dtypes[s], count=n,
-                                             offset=self.offsets[s] + (a - shard_start) * itemsize)
+      _, dtype, offset = self.headers[s]
+      out[written:written + n] = np.fromfile(self.paths[s], dtype=dtype, count=n,
+                                             offset=offset + (a - shard_start) * dtype.itemsize)
       a, s, written = a + n, s + 1, written + n
     return out
 
@@ -96,7 +96,8 @@ def open_token_shards(paths: list[str], vocab_size: int) -> TokenStream:
   headers = [_header(path) for path in paths]
   manifests: dict[str, dict] = {}
   ranges, unrecorded = {}, []
-  for path, (size, _, _) in zip(paths, headers):
+  for path, header in zip(paths, headers):
+    size = header[0]
     directory = os.path.dirname(os.path.abspath(path))
     if directory not in manifests:
       manifests[directory] = _manifest_ranges(directory)
@@ -104,22 +105,22 @@ def open_token_shards(paths: list[str], vocab_size: int) -> TokenStream:
     if entry is not None and entry[:2] == (size, os.path.getsize(path)):
       ranges[path] = entry[2:]
     else:
-      unrecorded.append((path, size))
-  if sum(size for _, size in unrecorded) > _CHECK_BLOCK:
-    print(f"checking the token ids of {len(unrecorded)} shards ({sum(size for _, size in unrecorded):,} tokens) that "
-          "no manifest.json records (experiments.prepare_data writes one)…", flush=True)
-  ranges.update((path, _id_range(path)) for path, _ in unrecorded)
+      unrecorded.append((path, header))
+  scanned = sum(header[0] for _, header in unrecorded)
+  if scanned > _CHECK_BLOCK:
+    print(f"checking the token ids of {len(unrecorded)} shards ({scanned:,} tokens) that no manifest.json records "
+          "(experiments.prepare_data writes one)…", flush=True)
+  ranges.update((path, _id_range(path, *header)) for path, header in unrecorded)
   for path, (size, _, _) in zip(paths, headers):
     low, high = ranges[path]
     if size and (low < 0 or high >= vocab_size):
       raise ValueError(f"{path}: token ids range over [{low}, {high}], outside [0, {vocab_size}); check the "
                        "tokenizer and the model's vocab_size.")
-  return TokenStream(paths, [h[0] for h in headers], [h[1] for h in headers], [h[2] for h in headers])
+  return TokenStream(paths, headers)
 
 
-def _id_range(path: str) -> tuple[int, int]:
-  """(min, max) token id of one shard, read in blocks of _CHECK_BLOCK tokens."""
-  n, dtype, offset = _header(path)
+def _id_range(path: str, n: int, dtype: np.dtype, offset: int) -> tuple[int, int]:
+  """(min, max) token id of one shard (its header's fields), read in blocks of _CHECK_BLOCK tokens."""
   low, high = np.iinfo(np.int64).max, np.iinfo(np.int64).min
   for first in range(0, n, _CHECK_BLOCK):
     block = np.fromfile(path, dtype=dtype, count=min(_CHECK_BLOCK, n - first), offset=offset + first * dtype.itemsize)
