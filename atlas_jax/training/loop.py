@@ -130,9 +130,11 @@ def _check_batches_fit_mesh(config, mesh) -> None:
                        f"data × fsdp = {shards} devices do not divide; change data.batch_size or mesh.shape.")
 
 
-def _check_same_data(meta: dict, config) -> None:
+def _check_same_data(meta: dict, config, split_tokens: list[int]) -> None:
   """The saved data position means something only for the same data pipeline: refuse a resume that changed it
-  (fine-tune with init_from instead, which starts the data afresh)."""
+  (fine-tune with init_from instead, which starts the data afresh). `split_tokens` are this run's training and
+  validation token counts: they catch a corpus that changed under the same settings (shards added to a glob, a
+  text file edited), while a corpus that only moved (another mount point) still resumes."""
   saved = meta.get("experiment", {}).get("data", {})
   current = json.loads(config.to_json())["data"]
   changed = [key for key in ("source", "tokenizer", "eos_token", "seq_len", "batch_size", "seed", "num_workers",
@@ -140,6 +142,8 @@ def _check_same_data(meta: dict, config) -> None:
   saved_accum = meta.get("experiment", {}).get("train", {}).get("grad_accum", config.train.grad_accum)
   if saved_accum != config.train.grad_accum:
     changed.append("train.grad_accum")
+  if meta.get("split_tokens", split_tokens) != split_tokens:
+    changed.append(f"the corpus: {meta['split_tokens']} training/validation tokens then, {split_tokens} now")
   if changed:
     raise ValueError(f"resuming with other data settings than the checkpoint's ({', '.join(changed)}): its data "
                      "position would point elsewhere. Restore them, or fine-tune from it with init_from in a new "
@@ -183,6 +187,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   # Data.
   train_tokens, val_tokens, tokenizer = data_lib.load_tokens(config.data, model_config.vocab_size)
+  split_tokens = [len(train_tokens), len(val_tokens)]
   per_process_batch = config.data.batch_size * config.train.grad_accum
   train_ds = data_lib.make_dataset(train_tokens, config.data.seq_len, per_process_batch, seed=config.data.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count())
@@ -211,7 +216,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                            as_target(abstract_opt, opt_shardings))
     if restored is not None:
       step, params, opt_state, meta = restored
-      _check_same_data(meta, config)
+      _check_same_data(meta, config, split_tokens)
       train_iter.set_state(meta["data_state"])
       if is_main:
         print(f"resumed from step {step}", flush=True)
@@ -231,7 +236,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     eval_step = jax.jit(make_eval_step(graphdef))
     writer = MetricWriter(workdir, enabled=is_main, start_step=step)
     progress = Progress(config.train.steps, step, global_batch * config.data.seq_len, config.train.log_every)
-    meta = {"model_config": model_config.to_dict(), "experiment": json.loads(config.to_json())}
+    meta = {"model_config": model_config.to_dict(), "experiment": json.loads(config.to_json()),
+            "split_tokens": split_tokens}
 
     def save(step, force=False):
       checkpointer.save(step, params, opt_state, dict(meta, data_state=train_iter.get_state()), force=force)

@@ -205,6 +205,26 @@ def test_resume_with_other_data_settings_is_refused(tmp_path, straight_run):
     loop.train_and_evaluate(config, workdir)
 
 
+def test_resume_on_a_changed_corpus_is_refused(tmp_path, straight_run, monkeypatch):
+  import shutil
+
+  workdir = str(tmp_path / "resume")
+  shutil.copytree(straight_run, workdir)
+  load = loop.data_lib.load_tokens
+
+  def shorter(*args, **kwargs):  # the same settings, a corpus with a document fewer (a glob that matched less)
+    train, val, tokenizer = load(*args, **kwargs)
+    return train[:-100], val, tokenizer
+
+  monkeypatch.setattr(loop.data_lib, "load_tokens", shorter)
+  config = tiny_config.get_config()
+  config.unlock()
+  config.train.steps = 7
+  with pytest.raises(ValueError, match=r"other data settings than the checkpoint's \(the corpus: \[\d+, \d+\] "
+                                       r"training/validation tokens then"):
+    loop.train_and_evaluate(config, workdir)
+
+
 def test_missing_init_from_is_named_and_not_created(tmp_path):
   config = tiny_config.get_config()
   config.unlock()
