@@ -5,9 +5,10 @@ Items of one checkpoint (an Orbax Composite; nothing is pickled):
   opt_state  StandardSave of the optimiser state
   meta       JSON: step, model config, parameter shapes, data-iterator state
 Orbax writes each step to a temporary directory and renames it when complete, so a crash mid-save leaves no
-listed step. A step that fails to restore (corrupted or partial files) is moved aside with a warning, renamed
-``unrestorable-<step>-<unix time>`` (kept for inspection; no longer listed, so its step number can be saved
-again), and the previous one is tried. A checkpoint of another model is refused with the first mismatching
+listed step. A step that fails to restore (corrupted or partial files) is skipped for the previous one; once one
+restores, the failed newer ones are moved aside with a warning, renamed ``unrestorable-<step>-<unix time>`` (kept
+for inspection; no longer listed, so their step numbers can be saved again). If no step restores, nothing is
+moved and the error says why each failed. A checkpoint of another model is refused with the first mismatching
 parameter named.
 """
 
@@ -104,28 +105,42 @@ class Checkpointer:
     """(step, params, opt_state or None, meta) of the newest step that restores, or None if there is none.
 
     abstract_*: ShapeDtypeStructs with the target shardings (the restore reshards to them).
+
+    Newer steps that failed are set aside only once an older one restores: that is what tells a damaged step
+    from a cause that fails every step (an optimiser of another structure, a file system that is down). When
+    every step fails, nothing is moved and the error names each step's failure, so a run never restarts from
+    step 0 on top of its own checkpoints.
     """
+    failed = []
     for step in reversed(self.steps()):
       where = f"checkpoint {self.directory} step {step}"
       try:
         meta = self.read_meta(step)
-      except Exception as e:  # noqa: BLE001  (any unreadable step is set aside)
-        self._set_aside(step, f"{where} is unreadable ({type(e).__name__}: {e})")
+      except Exception as e:  # noqa: BLE001  (an unreadable step is set aside if an older one restores)
+        failed.append((step, f"{where} is unreadable ({type(e).__name__}: {e})"))
         continue
       check_compatible(meta, param_shapes(abstract_params), where)
       try:
         params, opt_state = self.restore(step, abstract_params, abstract_opt_state)
       except Exception as e:  # noqa: BLE001
-        self._set_aside(step, f"{where} could not be restored ({type(e).__name__}: {e})")
+        failed.append((step, f"{where} could not be restored ({type(e).__name__}: {e})"))
         continue
+      for bad_step, why in failed:
+        self._set_aside(bad_step, why)
       return step, params, opt_state, meta
+    if failed:
+      reasons = "\n  ".join(why for _, why in failed)
+      raise RuntimeError(f"none of the {len(failed)} checkpoints in {self.directory} restores, so nothing was "
+                         f"started or moved:\n  {reasons}\nIf the training settings changed (the optimiser's "
+                         "structure, say), restore them or fine-tune from these checkpoints with init_from in a "
+                         "new workdir; if the steps are damaged, move them away to start afresh.")
     return None
 
   def _set_aside(self, step: int, why: str) -> None:
     """Rename an unrestorable step out of the manager's listing (nothing is deleted). Left listed, it would make
     Orbax refuse every later save up to its step number. Read-only: only skipped."""
     if self.read_only:
-      log.warning("%s; trying the previous one.", why)
+      log.warning("%s; used the previous one.", why)
       return
     source = self.manager.directory / str(step)
     target = self.manager.directory / f"unrestorable-{step}-{int(time.time())}"
@@ -133,7 +148,7 @@ class Checkpointer:
       source.rename(target)
     multihost_utils.sync_global_devices(f"checkpoint step {step} set aside")
     self.manager.reload()
-    log.warning("%s; moved it to %s and trying the previous one.", why, target)
+    log.warning("%s; moved it to %s and used the previous one.", why, target)
 
   def restore(self, step: int, abstract_params, abstract_opt_state=None):
     """(params, opt_state or None) of `step`, restored onto the abstract values' shardings (no shape check:

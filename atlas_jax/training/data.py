@@ -122,7 +122,8 @@ def load_tokens(data_config, vocab_size: int):
   source = data_config.source
   if source == "tokens":
     # Read window by window from the shards on disk (token_shards.py): no host holds the corpus.
-    tokens = open_token_shards(_files(data_config.path), vocab_size)
+    tokens = open_token_shards(_files(data_config.path), vocab_size,
+                               (data_config.tokenizer, data_config.tokenizer_path, data_config.eos_token))
     train, val = tokens.split(int(len(tokens) * data_config.val_fraction))
     return train, val, tokenizer
   if source == "bible":

@@ -15,6 +15,7 @@ import threading
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -28,7 +29,7 @@ from atlas_jax.training import data as data_lib
 from atlas_jax.training import mesh as mesh_lib
 from atlas_jax.training.checkpoint import Checkpointer, checkpoint_dir
 from atlas_jax.training.metrics import MetricWriter, Progress
-from atlas_jax.training.optim import make_optimizer
+from atlas_jax.training.optim import learning_rate_schedule, make_optimizer
 from atlas_jax.training.step import make_eval_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,10 @@ def _validation(val_tokens, config):
   batch is one collective step, so a process with a batch more would wait for the others forever. Process p
   reads windows p, p + P, …, so the last process has the fewest and sets the count."""
   processes = jax.process_count()
+  if len(val_tokens) < config.data.seq_len + 1:
+    raise ValueError(f"the validation split has {len(val_tokens)} tokens, fewer than one sequence of "
+                     f"{config.data.seq_len} + 1; raise data.val_fraction (now {config.data.val_fraction}) or use "
+                     "more data.")
   make = lambda index: data_lib.make_dataset(val_tokens, config.data.seq_len, config.data.batch_size, seed=0,
                                              process_index=index, process_count=processes, shuffle=False,
                                              repeat=False)
@@ -130,6 +135,47 @@ def _check_batches_fit_mesh(config, mesh) -> None:
                        f"data × fsdp = {shards} devices do not divide; change data.batch_size or mesh.shape.")
 
 
+def _check_train_settings(config) -> None:
+  """Counts that would fail only after step 1 has compiled (a division by zero), or, for keep_checkpoints, keep
+  nothing: Orbax's max_to_keep=0 deletes each checkpoint as it is written."""
+  t = config.train
+  for name in ("steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
+               "grad_accum"):
+    if getattr(t, name) < 1:
+      raise ValueError(f"train.{name}={getattr(t, name)}; it must be at least 1.")
+  for name in ("warmup_steps", "sample_every", "sample_tokens"):
+    if getattr(t, name) < 0:
+      raise ValueError(f"train.{name}={getattr(t, name)}; it must be at least 0.")
+
+
+# Model settings that change how the model computes, not what it computes: a resume may change them.
+_COMPUTE_ONLY = frozenset({"dtype", "remat", "memory_implementation", "memory_remat", "eta_init"})
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def _check_same_model(meta: dict, model_config: ModelConfig) -> None:
+  """A resume continues the checkpoint's model: refuse one whose settings differ beyond ``_COMPUTE_ONLY``, even
+  with parameters of the same shapes (another preset, momentum, chunk size…); fine-tune with init_from instead."""
+  if "model_config" not in meta:
+    return
+  saved = _flat(json.loads(json.dumps(meta["model_config"])))
+  current = _flat(json.loads(json.dumps(model_config.to_dict())))
+  changed = [f"{key}: {saved.get(key)!r} → {current.get(key)!r}" for key in sorted(set(saved) | set(current))
+             if key not in _COMPUTE_ONLY and saved.get(key) != current.get(key)]
+  if changed:
+    raise ValueError("resuming another model than the checkpoint's (" + "; ".join(changed) + "). Restore the "
+                     "model settings, or fine-tune from it with init_from in a new workdir.")
+
+
 def _check_same_data(meta: dict, config, split_tokens: list[int]) -> None:
   """The saved data position means something only for the same data pipeline: refuse a resume that changed it
   (fine-tune with init_from instead, which starts the data afresh). `split_tokens` are this run's training and
@@ -142,12 +188,28 @@ def _check_same_data(meta: dict, config, split_tokens: list[int]) -> None:
   saved_accum = meta.get("experiment", {}).get("train", {}).get("grad_accum", config.train.grad_accum)
   if saved_accum != config.train.grad_accum:
     changed.append("train.grad_accum")
+  if meta.get("process_count", jax.process_count()) != jax.process_count():  # batch_size and the windows are per process
+    changed.append(f"the process count: {meta['process_count']} then, {jax.process_count()} now")
   if meta.get("split_tokens", split_tokens) != split_tokens:
     changed.append(f"the corpus: {meta['split_tokens']} training/validation tokens then, {split_tokens} now")
   if changed:
     raise ValueError(f"resuming with other data settings than the checkpoint's ({', '.join(changed)}): its data "
                      "position would point elsewhere. Restore them, or fine-tune from it with init_from in a new "
                      "workdir.")
+
+
+def _schedule_note(meta: dict, config, step: int) -> str:
+  """A resume that changed the learning-rate schedule (more steps, another peak…) is allowed, but its rate jumps:
+  say by how much at the resumed step; "" when the schedule is the same."""
+  keys = ("steps", "lr", "warmup_steps", "final_lr_fraction")
+  saved = meta.get("experiment", {}).get("train", {})
+  if not all(key in saved for key in keys) or all(saved[key] == config.train[key] for key in keys):
+    return ""
+  old = learning_rate_schedule(ml_collections.ConfigDict({key: saved[key] for key in keys}))(step)
+  new = learning_rate_schedule(config.train)(step)
+  changes = ", ".join(f"{key} {saved[key]} → {config.train[key]}" for key in keys if saved[key] != config.train[key])
+  return (f"the learning-rate schedule changed since the checkpoint ({changes}): step {step + 1} learns at "
+          f"{float(new):.3g} instead of {float(old):.3g}.")
 
 
 def _evaluate(eval_step, params, validation, batch_sharding) -> float:
@@ -176,6 +238,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     raise ValueError(f"workdir={workdir!r}: metrics and logs are written as plain files, so the workdir must be a "
                      "local or mounted path (e.g. a bucket mounted with gcsfuse), not a URL.")
   os.makedirs(workdir, exist_ok=True)
+  _check_train_settings(config)
   model_config = model_config_from(config)
   is_main = jax.process_index() == 0
   mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
@@ -216,10 +279,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                            as_target(abstract_opt, opt_shardings))
     if restored is not None:
       step, params, opt_state, meta = restored
+      _check_same_model(meta, model_config)
       _check_same_data(meta, config, split_tokens)
       train_iter.set_state(meta["data_state"])
       if is_main:
         print(f"resumed from step {step}", flush=True)
+        note = _schedule_note(meta, config, step)
+        if note:
+          print(note, flush=True)
     else:
       step = 0
       if config.init_from:
@@ -237,10 +304,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     writer = MetricWriter(workdir, enabled=is_main, start_step=step)
     progress = Progress(config.train.steps, step, global_batch * config.data.seq_len, config.train.log_every)
     meta = {"model_config": model_config.to_dict(), "experiment": json.loads(config.to_json()),
-            "split_tokens": split_tokens}
+            "split_tokens": split_tokens, "process_count": jax.process_count()}
 
     def save(step, force=False):
       checkpointer.save(step, params, opt_state, dict(meta, data_state=train_iter.get_state()), force=force)
+
+    def evaluate(step) -> dict[str, float]:
+      val = _evaluate(eval_step, params, validation, batch_sharding)
+      results = {"val/loss": val, "val/perplexity": math.exp(min(val, 50.0))}
+      writer.write(step, results)
+      if is_main:
+        print(f"step {step}: validation loss {val:.4f}, perplexity {results['val/perplexity']:.2f}", flush=True)
+      return results
 
     results: dict[str, float] = {}
     loss = float("nan")
@@ -268,17 +343,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           results["preempted"] = True
           break
         if step % config.train.eval_every == 0 or step == config.train.steps:
-          val = _evaluate(eval_step, params, validation, batch_sharding)
-          results = {"val/loss": val, "val/perplexity": math.exp(min(val, 50.0))}
-          writer.write(step, results)
-          if is_main:
-            print(f"step {step}: validation loss {val:.4f}, perplexity {results['val/perplexity']:.2f}", flush=True)
+          results = evaluate(step)
         periodic = config.train.sample_every and step % config.train.sample_every == 0
         if config.train.sample_tokens and (periodic or step == config.train.steps):
           text = _sample(graphdef, params, tokenizer, config)
           writer.text(step, "sample", text)
           if is_main:
             print(f"sample at step {step}: {text!r}", flush=True)
+      if not results:  # resumed at train.steps or past it: the final evaluation may not have run (a crash after the save)
+        if is_main:
+          print(f"step {step} is at or past train.steps = {config.train.steps}: nothing to train; evaluating it.",
+                flush=True)
+        results = evaluate(step)
     finally:
       preemption.close()
       checkpointer.close()

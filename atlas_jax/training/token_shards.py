@@ -40,20 +40,42 @@ def _header(path: str) -> tuple[int, np.dtype, int]:
   return count, dtype, offset
 
 
-def _manifest_ranges(directory: str) -> dict[str, tuple[int, int, int, int]]:
-  """{shard file name: (tokens, bytes, min id, max id)} from ``directory/manifest.json``, where it records them;
-  an unreadable manifest is ignored (the shards are then read)."""
+def _read_manifest(directory: str) -> dict:
+  """``directory/manifest.json`` as written by ``experiments.prepare_data``, or {} where there is none; an
+  unreadable manifest is ignored (the shards are then read to check their ids)."""
   path = os.path.join(directory, "manifest.json")
   if not os.path.exists(path):
     return {}
   try:
     with open(path, encoding="utf-8") as f:
-      shards = json.load(f)["shards"]
-    return {s["path"]: (int(s["tokens"]), int(s["bytes"]), int(s["min_id"]), int(s["max_id"]))
-            for s in shards if {"tokens", "bytes", "min_id", "max_id"} <= set(s)}
-  except (OSError, ValueError, KeyError, TypeError) as e:
+      manifest = json.load(f)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list):
+      raise ValueError("not a manifest of shards")
+    return manifest
+  except (OSError, ValueError) as e:
     print(f"ignoring {path} ({type(e).__name__}: {e}); the shards' token ids are read to check them.", flush=True)
     return {}
+
+
+def _ranges(manifest: dict) -> dict[str, tuple[int, int, int, int]]:
+  """{shard file name: (tokens, bytes, min id, max id)} of the shards a manifest records them for."""
+  fields = ("tokens", "bytes", "min_id", "max_id")
+  return {s["path"]: tuple(int(s[k]) for k in fields) for s in manifest.get("shards", [])
+          if isinstance(s, dict) and "path" in s and set(fields) <= set(s)}
+
+
+def _check_tokenizer(directory: str, manifest: dict, tokenizer: tuple[str, str, str]) -> None:
+  """Refuse shards that prepare_data tokenized with another tokenizer than (kind, file, eos token): training
+  would run, but the run's checkpoint would name the wrong tokenizer for sampling and evaluation. The file is
+  compared by name, so a moved tokenizer file still matches."""
+  if "tokenizer" not in manifest:
+    return
+  kind, path, eos = tokenizer
+  saved = (manifest["tokenizer"], os.path.basename(manifest.get("tokenizer_path", "")), manifest.get("eos_token", ""))
+  if saved != (kind, os.path.basename(path), eos):
+    raise ValueError(f"the shards in {directory} were tokenized with tokenizer {saved[0]!r} (file {saved[1]!r}, "
+                     f"eos {saved[2]!r}, by its manifest.json), but data.tokenizer={kind!r}, data.tokenizer_path="
+                     f"{path!r}, data.eos_token={eos!r}; set them to match.")
 
 
 class TokenStream:
@@ -91,8 +113,9 @@ class TokenStream:
     return out
 
 
-def open_token_shards(paths: list[str], vocab_size: int) -> TokenStream:
-  """The stream over `paths` (in order), its token ids checked to lie in [0, vocab_size)."""
+def open_token_shards(paths: list[str], vocab_size: int, tokenizer: tuple[str, str, str] | None = None) -> TokenStream:
+  """The stream over `paths` (in order), its token ids checked to lie in [0, vocab_size). `tokenizer`: the run's
+  (kind, file, eos token), checked against the manifests that name theirs."""
   headers = [_header(path) for path in paths]
   manifests: dict[str, dict] = {}
   ranges, unrecorded = {}, []
@@ -100,7 +123,10 @@ def open_token_shards(paths: list[str], vocab_size: int) -> TokenStream:
     size = header[0]
     directory = os.path.dirname(os.path.abspath(path))
     if directory not in manifests:
-      manifests[directory] = _manifest_ranges(directory)
+      manifest = _read_manifest(directory)
+      if tokenizer is not None:
+        _check_tokenizer(directory, manifest, tokenizer)
+      manifests[directory] = _ranges(manifest)
     entry = manifests[directory].get(os.path.basename(path))
     if entry is not None and entry[:2] == (size, os.path.getsize(path)):
       ranges[path] = entry[2:]

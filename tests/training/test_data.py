@@ -115,6 +115,13 @@ def test_prepare_data_writes_shards_and_resumes(tmp_path):
   assert len(train) + len(val) == 96
   with pytest.raises(ValueError, match="holds shards of tokenizer 'byte'"):
     prepare(str(tmp_path / "*.jsonl"), str(out), tokenizer="tiktoken")  # would mix two vocabularies
+  # Shards of another tokenizer than the run's are refused (the paper configs default to the byte tokenizer).
+  recorded = json.loads((out / "manifest.json").read_text())
+  (out / "manifest.json").write_text(json.dumps(dict(recorded, tokenizer="sentencepiece",
+                                                     tokenizer_path="/data/32k.model")))
+  with pytest.raises(ValueError, match=r"tokenized with tokenizer 'sentencepiece' \(file '32k.model'.* "
+                                       r"data.tokenizer='byte'"):
+    data_lib.load_tokens(_data_config(source="tokens", path=str(out / "*.npy")), 257)
 
 
 def test_token_shards_are_read_window_by_window(tmp_path):

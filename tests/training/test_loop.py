@@ -225,6 +225,64 @@ def test_resume_on_a_changed_corpus_is_refused(tmp_path, straight_run, monkeypat
     loop.train_and_evaluate(config, workdir)
 
 
+def test_resume_of_another_model_with_the_same_shapes_is_refused(tmp_path, straight_run):
+  import shutil
+
+  workdir = str(tmp_path / "resume")
+  shutil.copytree(straight_run, workdir)
+  config = tiny_config.get_config()
+  config.unlock()
+  config.model.overrides.memory.chunk_size = 4  # the same parameters, another function
+  with pytest.raises(ValueError, match=r"resuming another model than the checkpoint's \(memory.chunk_size: 8 → 4\)"):
+    loop.train_and_evaluate(config, workdir)
+
+
+def test_resume_may_change_how_the_model_computes_and_the_schedule(tmp_path, straight_run, capsys):
+  import shutil
+
+  workdir = str(tmp_path / "resume")
+  shutil.copytree(straight_run, workdir)
+  config = tiny_config.get_config()
+  config.unlock()
+  config.model.overrides.memory_implementation = "reference"
+  config.train.steps = 7
+  assert loop.train_and_evaluate(config, workdir)["step"] == 7
+  out = capsys.readouterr().out
+  assert "resumed from step 6" in out
+  assert "the learning-rate schedule changed since the checkpoint (steps 6 → 7): step 7 learns at" in out
+
+
+def test_resume_at_the_last_step_runs_the_final_evaluation(tmp_path, straight_run, capsys):
+  """A crash between the last step's save and its evaluation: the rerun trains nothing and evaluates."""
+  import shutil
+
+  workdir = str(tmp_path / "done")
+  shutil.copytree(straight_run, workdir)
+  results = loop.train_and_evaluate(tiny_config.get_config(), workdir)
+  assert "nothing to train; evaluating it" in capsys.readouterr().out
+  with open(os.path.join(straight_run, "metrics.jsonl"), encoding="utf-8") as f:
+    logged = [json.loads(line) for line in f]
+  assert results["step"] == 6
+  assert results["val/loss"] == pytest.approx([r["val/loss"] for r in logged if r["step"] == 6 and "val/loss" in r][0])
+
+
+def test_a_restore_failure_of_every_step_moves_nothing_and_stops(tmp_path, straight_run, monkeypatch):
+  """An optimiser of another structure fails every step alike: that is no corruption, so no step is set aside
+  and the run does not start again from step 0."""
+  import shutil
+
+  import optax
+
+  workdir = str(tmp_path / "resume")
+  shutil.copytree(straight_run, workdir)
+  make = loop.make_optimizer
+  monkeypatch.setattr(loop, "make_optimizer", lambda train: optax.chain(make(train), optax.scale(1.0)))
+  with pytest.raises(RuntimeError, match=r"none of the 6 checkpoints in .* restores, so nothing was started or moved"):
+    loop.train_and_evaluate(tiny_config.get_config(), workdir)
+  names = os.listdir(os.path.join(workdir, "checkpoints"))
+  assert not [n for n in names if n.startswith("unrestorable")] and len([n for n in names if n.isdigit()]) == 6
+
+
 def test_missing_init_from_is_named_and_not_created(tmp_path):
   config = tiny_config.get_config()
   config.unlock()
@@ -273,6 +331,14 @@ def test_bad_inputs_give_clear_errors(tmp_path):
   assert not os.path.exists(tmp_path / "e" / "checkpoints" / "1")  # refused before step 1
   with pytest.raises(ValueError, match="must be a local or mounted path"):
     loop.train_and_evaluate(config, "gs://bucket/run")
+  config.train.keep_checkpoints = 0  # Orbax would delete every checkpoint as it is written
+  with pytest.raises(ValueError, match=r"train.keep_checkpoints=0; it must be at least 1"):
+    loop.train_and_evaluate(config, str(tmp_path / "f"))
+  config.train.keep_checkpoints, config.data.val_fraction, config.data.batch_size = 3, 0.0, 8
+  np.save(shard, np.arange(400, dtype=np.int32) % 256)
+  config.data.source = "tokens"  # the text sources keep a document for validation; a token split can be empty
+  with pytest.raises(ValueError, match=r"the validation split has 0 tokens.* raise data.val_fraction"):
+    loop.train_and_evaluate(config, str(tmp_path / "g"))
 
 
 def test_main_rejects_unknown_and_mistyped_flags(tmp_path):
