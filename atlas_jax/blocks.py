@@ -5,6 +5,9 @@ Every block is pre-norm: x ← x + mixer(RMSNorm(x)), then x ← x + SwiGLU(RMSN
     attention / swa        : mixer = causal softmax attention, global / last `swa_window` tokens
     mag (memory as gate)   : h = RMSNorm(x); o = out(RMSNorm(y_swa(h)) ⊙ σ(RMSNorm(y_mem(h))))
     mal (memory as layer)  : x ← x + mem(RMSNorm(x)); x ← x + swa(RMSNorm(x))
+In MAG, y_mem is the memory layer's output before its projection, so it keeps that layer's own output gate
+y ⊙ σ(linear(h)) (SPEC.md §6's memory layer) inside the σ(RMSNorm(·)) gate; y_swa is the heads' output before
+attention's projection. MAC (memory as context, optional in SPEC.md §6) is not implemented.
 """
 
 from __future__ import annotations

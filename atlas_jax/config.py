@@ -8,6 +8,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from atlas_jax import kernel_memory
 from atlas_jax.memory.config import MemoryConfig
 from atlas_jax.memory.op import IMPLEMENTATIONS
 
@@ -38,7 +39,8 @@ class ModelConfig:
     eta_init: η's initial value as a share of eta_max, σ(bias); None picks ``initial_eta_share``'s default.
     conv_width: short causal conv width before the memory.
     kernel_normalized: the kernel memory divides by its v ≡ 1 twin (softmax attention; linear + dot only).
-    dtype / param_dtype: activation and parameter dtypes (memory state is always float32).
+    dtype / param_dtype: activation and parameter dtypes (memory state is always float32, and so are the
+      parameters of the memory's own math: Φ_init, φ's coefficients and the kernel's temperature).
     scan_layers: run the layers with ``nnx.scan`` over stacked parameters (needs identical block types).
     remat: ``none`` or ``full`` (rematerialise each block in the backward pass).
     memory_implementation: ``auto`` | ``reference`` | ``xla`` | ``pallas`` (see ``atlas_jax.memory.op``; with
@@ -78,6 +80,14 @@ class ModelConfig:
     for b in self.blocks:
       if b not in BLOCK_TYPES:
         raise ValueError(f"unknown block type {b!r}; expected one of {BLOCK_TYPES}.")
+    for name in ("vocab_size", "width", "num_heads", "memory_heads", "memory_head_dim", "conv_width"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name}={getattr(self, name)}; expected ≥ 1.")
+    if self.mlp_hidden < 0 or (self.memory_hidden is not None and self.memory_hidden < 1):
+      raise ValueError(f"mlp_hidden={self.mlp_hidden} (≥ 0; 0 is no MLP), memory_hidden={self.memory_hidden} (≥ 1 "
+                       "or None).")
+    if self.eta_max is not None and not self.eta_max > 0:
+      raise ValueError(f"eta_max={self.eta_max}; expected > 0 (or None for the default bound).")
     if self.width % self.num_heads:
       raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}.")
     if self.dtype not in _DTYPES or self.param_dtype not in _DTYPES:
@@ -93,8 +103,17 @@ class ModelConfig:
     if "mag" in self.blocks and self.memory_heads * self.memory_head_dim != self.width:
       raise ValueError("MAG gates attention with the memory output: memory_heads · memory_head_dim must equal "
                        f"width ({self.memory_heads}·{self.memory_head_dim} ≠ {self.width}).")
-    if self.memory.residual is True and self.memory_head_dim <= 0:
-      raise ValueError("memory_head_dim must be positive.")
+    if set(self.blocks) & {"attention", "swa", "mag", "mal"} and self.head_dim % 2:
+      raise ValueError(f"attention heads of width {self.width} / {self.num_heads} = {self.head_dim}: RoPE rotates "
+                       "channel pairs, so the head dimension must be even.")
+    if "kernel_memory" in self.blocks:  # its checks at construction, not at the first call
+      kernel_memory.check_config(self.memory, self.kernel_normalized)
+      if self.memory.feature_map != "identity":
+        raise ValueError(f"feature_map={self.memory.feature_map!r} with a kernel_memory block: the exponential "
+                         "kernel is that block's feature map (SPEC.md §4), and the memory config is shared by "
+                         "every memory block; use feature_map='identity'.")
+    elif self.kernel_normalized:
+      raise ValueError("kernel_normalized applies to kernel_memory blocks, and this model has none.")
     if self.swa_window < 1:
       raise ValueError(f"swa_window={self.swa_window}; expected ≥ 1 (tokens each position attends to).")
     if self.eta_init is not None and not 0.0 < self.eta_init < 1.0:

@@ -11,6 +11,8 @@ get a leading "layers" axis). ``remat="full"`` rematerialises each block in the 
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +40,10 @@ class AtlasLM(nnx.Module):
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.embed = param(rngs, jax.nn.initializers.normal(1.0), (config.vocab_size, config.width),
+    # Untied: rows ~ N(0, 1). Tied, the head's logits are h · e for unit-RMS h, so the rows start at N(0, 1/D)
+    # (logits of unit variance) and the input embedding is scaled back up by √D.
+    std = 1.0 / math.sqrt(config.width) if config.tie_embeddings else 1.0
+    self.embed = param(rngs, jax.nn.initializers.normal(std), (config.vocab_size, config.width),
                        ("vocab", "embed"), config.jnp_param_dtype)
     if config.scan_layers:
       @nnx.split_rngs(splits=config.num_layers)
@@ -77,10 +82,16 @@ class AtlasLM(nnx.Module):
   def hidden(self, tokens: jax.Array, cache=None):
     """tokens [B, T] int → (the block stack's output [B, T, D] before the final norm, cache or None)."""
     config = self.config
+    if jnp.ndim(tokens) != 2 or not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
+      raise ValueError(f"tokens must be integer ids of shape [batch, length]; got shape {jnp.shape(tokens)}, dtype "
+                       f"{jnp.result_type(tokens)}.")
     check_tokens(tokens, config.vocab_size)
     # Ids outside [0, vocab) embed as NaN (negative ids would otherwise wrap around, as in NumPy).
     tokens = jnp.where(tokens < 0, config.vocab_size, tokens)
-    x = jnp.take(self.embed[...], tokens, axis=0, mode="fill", fill_value=jnp.nan).astype(config.jnp_dtype)
+    x = jnp.take(self.embed[...], tokens, axis=0, mode="fill", fill_value=jnp.nan)
+    if config.tie_embeddings:
+      x = x * math.sqrt(config.width)
+    x = x.astype(config.jnp_dtype)
     x = constrain(x, ("batch", "length", "embed"))
     call = (lambda block, x, c: block(x, c))
     if config.remat == "full":

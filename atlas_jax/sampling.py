@@ -28,7 +28,7 @@ def sample_logits(logits: jax.Array, key: jax.Array, temperature: float = 1.0, t
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits.astype(jnp.float32) / temperature
-  if top_k:
+  if top_k and top_k < logits.shape[-1]:  # top_k ≥ vocab keeps every token
     kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
     logits = jnp.where(logits < kth, -jnp.inf, logits)
   if top_p < 1.0:
@@ -56,9 +56,15 @@ def _decode(graphdef, state, cache, first, key, *, steps, temperature, top_k, to
   return jnp.moveaxis(tokens, 0, 1)
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _prefill(graphdef, state, prompt, cache):
+  return nnx.merge(graphdef, state)(prompt, cache)
+
+
 def generate(model: AtlasLM, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0) -> jax.Array:
   """Continue `prompt` [B, T] by `max_new_tokens` sampled tokens → [B, T + max_new_tokens]."""
+  prompt = jnp.asarray(prompt)
   if prompt.ndim != 2 or prompt.shape[1] == 0:
     raise ValueError(f"prompt must be [B, T] with T ≥ 1; got shape {prompt.shape}.")
   check_tokens(prompt, model.config.vocab_size)
@@ -67,8 +73,7 @@ def generate(model: AtlasLM, prompt: jax.Array, max_new_tokens: int, key: jax.Ar
   batch, length = prompt.shape
   cache = model.init_cache(batch, length + max_new_tokens)
   graphdef, state = nnx.split(model)
-  prefill = jax.jit(lambda state, prompt, cache: nnx.merge(graphdef, state)(prompt, cache))
-  logits, cache = prefill(state, prompt, cache)
+  logits, cache = _prefill(graphdef, state, prompt, cache)
   key, first_key = jax.random.split(key)
   first = sample_logits(logits[:, -1], first_key, temperature, top_k, top_p)
   if max_new_tokens == 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -176,4 +178,36 @@ def test_config_rejects_bad_values():
     get_preset("atlantis")
   with pytest.raises(ValueError, match="swa_window=0"):
     get_preset("swa", "tiny", swa_window=0)
+  for bad, match in ((dict(num_heads=0), "num_heads=0"), (dict(memory_heads=0), "memory_heads=0"),
+                     (dict(conv_width=0), "conv_width=0"), (dict(eta_max=-1.0), "eta_max=-1.0"),
+                     (dict(width=60, num_heads=4, memory_heads=4, memory_head_dim=15), "must be even"),
+                     (dict(kernel_normalized=True), "has none")):
+    with pytest.raises(ValueError, match=match):
+      get_preset("atlas_mag", "tiny", **bad)
+  # The kernel memory's restrictions are refused when the config is built, not at the first call.
+  dot = get_preset("dot", "tiny")
+  with pytest.raises(ValueError, match="no momentum or Muon"):
+    dot.replace(memory=dataclasses.replace(dot.memory, momentum=True))
+  with pytest.raises(ValueError, match="the exponential kernel is that block's feature map"):
+    dot.replace(memory=dataclasses.replace(dot.memory, feature_map="polynomial"))
   assert ModelConfig.from_dict(get_preset("atlas").to_dict()) == get_preset("atlas")
+
+
+def test_bad_token_shapes_and_prompts_are_clear():
+  model = AtlasLM(get_preset("delta", "tiny"), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"tokens must be integer ids of shape \[batch, length\]; got shape \(5,\)"):
+    model(jnp.arange(5))
+  with pytest.raises(ValueError, match="dtype float32"):
+    model(jnp.ones((1, 5)))
+  out = generate(model, [[1, 2, 3]], 2, jax.random.PRNGKey(0), top_k=10**6)  # a list prompt; top_k ≥ vocab
+  assert out.shape == (1, 5)
+
+
+def test_tied_embeddings_start_with_unit_logits():
+  """Tied, the head is the embedding: its rows start at N(0, 1/D), so the first loss is near log(vocab)."""
+  for width in (64, 256):
+    config = get_preset("delta", "tiny", tie_embeddings=True, width=width, memory_heads=4,
+                        memory_head_dim=width // 4)
+    model = AtlasLM(config, rngs=nnx.Rngs(0))
+    logits, _ = model(_tokens())
+    assert 0.5 < float(jnp.std(logits)) < 2.0, (width, float(jnp.std(logits)))
