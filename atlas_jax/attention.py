@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from atlas_jax.layers import Dense, rope
+from atlas_jax.layers import Dense, check_activations, rope
 
 
 class KVCache(NamedTuple):
@@ -49,6 +49,7 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, cache: KVCache | None = None):
     """x [B, T, D] → (y [B, T, D], cache or None)."""
+    check_activations(x, self.num_heads * self.head_dim, "Attention")
     batch, length, _ = x.shape
     split = lambda y: y.reshape(batch, length, self.num_heads, self.head_dim)
     start = jnp.zeros((), jnp.int32) if cache is None else cache.index

@@ -16,8 +16,8 @@ import jax
 from flax import nnx
 
 from atlas_jax.attention import Attention
-from atlas_jax.config import ModelConfig
-from atlas_jax.layers import Dense, RMSNorm, SwiGLU
+from atlas_jax.config import BLOCK_TYPES, ModelConfig
+from atlas_jax.layers import Dense, RMSNorm, SwiGLU, check_activations
 from atlas_jax.memory_layer import MemoryLayer
 from atlas_jax.sharding import constrain
 
@@ -32,7 +32,7 @@ class Block(nnx.Module):
     kw = dict(rngs=rngs, dtype=config.jnp_dtype, param_dtype=config.jnp_param_dtype)
     attn = lambda window, project_out=True: Attention(width, config.num_heads, window=window,
                                                       rope_base=config.rope_base, project_out=project_out, **kw)
-    self.block_type = block_type
+    self.block_type, self.width = block_type, width
     self.norm = RMSNorm(width, **kw)
     swa = None
     if block_type in ("memory", "kernel_memory"):
@@ -52,7 +52,7 @@ class Block(nnx.Module):
       swa = attn(config.swa_window)
       self.norm_swa_in = RMSNorm(width, **kw)
     else:
-      raise ValueError(f"unknown block type {block_type!r}.")
+      raise ValueError(f"unknown block type {block_type!r}; expected one of {BLOCK_TYPES}.")
     self.swa = swa
     self.mlp = SwiGLU(width, config.mlp_hidden, **kw) if config.mlp_hidden else None
     self.norm_mlp = RMSNorm(width, **kw) if config.mlp_hidden else None
@@ -63,6 +63,7 @@ class Block(nnx.Module):
 
   def __call__(self, x: jax.Array, cache=None):
     """x [B, T, D] → (x [B, T, D], cache or None)."""
+    check_activations(x, self.width, f"Block({self.block_type!r})")
     mixer_cache, swa_cache = (None, None) if cache is None else cache
     h = self.norm(x)
     if self.block_type == "mag":

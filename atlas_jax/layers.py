@@ -24,6 +24,13 @@ def param(rngs: nnx.Rngs, init, shape: tuple[int, ...], axes: Axes, dtype=jnp.fl
   return nnx.Param(init(rngs.params(), shape, dtype), out_sharding=axes, eager_sharding=False)
 
 
+def check_activations(x: jax.Array, width: int, who: str) -> None:
+  """Raise unless x is a floating [batch, length, width] array: a module's input, checked where it enters."""
+  if jnp.ndim(x) != 3 or jnp.shape(x)[-1] != width or not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+    raise ValueError(f"{who} expects x [batch, length, {width}] floating point; got shape {jnp.shape(x)}, dtype "
+                     f"{jnp.result_type(x)}.")
+
+
 def constant(value: float):
   return lambda key, shape, dtype: jnp.full(shape, value, dtype)
 

@@ -21,7 +21,7 @@ from flax import nnx
 
 from atlas_jax.config import INITIAL_GATES, ModelConfig
 from atlas_jax.kernel_memory import KernelMemoryState, exp_kernel, init_kernel_state, kernel_memory
-from atlas_jax.layers import Dense, ShortConv, constant, param
+from atlas_jax.layers import Dense, ShortConv, check_activations, constant, param
 from atlas_jax.memory import Gates, MemoryState, feature_dim, init_state, memory_op, weight_shapes
 
 _logit = lambda p: math.log(p / (1.0 - p))
@@ -89,6 +89,7 @@ class MemoryLayer(nnx.Module):
   def __call__(self, x: jax.Array, cache: MemoryCache | None = None):
     """x [B, T, D] (already normed) → (y [B, T, D] (or [B, T, H·V] without output projection), cache)."""
     config, mem = self.config, self.config.memory
+    check_activations(x, config.width, "MemoryLayer")
     batch, length, _ = x.shape
     qkv, conv_state = self.conv(self.qkv(x), None if cache is None else cache.conv)
     # Head-major channels (h, {q, k, v}, d): a tensor axis that splits the channels gives each device whole heads.

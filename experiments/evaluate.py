@@ -30,7 +30,7 @@ import os
 import re
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_list("workdir", [], "training workdirs to evaluate")
 _PRESET = flags.DEFINE_list("preset", [], "presets to evaluate (random init; MAD trains them)")
@@ -209,6 +209,15 @@ def main(argv):
     raise app.UsageError("--evals=lm_eval needs --lm_eval_tasks.")
   _babilong_files()  # a malformed entry fails now, not after the other evaluations
   _lengths()
+  from atlas_jax.presets import get_preset
+  for preset in _PRESET.value:
+    try:
+      get_preset(preset, _SIZE.value)
+    except ValueError as e:
+      raise app.UsageError(f"--preset={preset} --size={_SIZE.value}: {e}") from e
+  if "perplexity" in _EVALS.value and _TEXT_FILE.value and not os.path.isfile(_TEXT_FILE.value):
+    raise app.UsageError(f"--text_file={_TEXT_FILE.value!r} is not a file.")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   os.makedirs(_OUT.value, exist_ok=True)
   summary = {name: _evaluate_model(name, kwargs, _OUT.value) for name, kwargs in _model_specs()}
   print("\n" + write_summary(summary, _OUT.value), flush=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 
 from absl import app, flags, logging
 import jax
@@ -63,5 +64,20 @@ def main(argv):
     print("final: " + json.dumps(results), flush=True)
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with an unknown ``--config.<key>`` as one line naming the flag: ml_collections raises
+  an AttributeError for it, which absl would show as a long traceback."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except AttributeError as e:
+    reason = e.args[0] if e.args else e
+    reason = str(reason.args[0] if isinstance(reason, Exception) and reason.args else reason)
+    given = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
+    key = reason.splitlines()[0].strip("'\"")
+    named = [flag for flag in given if flag.endswith("." + key) or f".{key}." in flag] or given
+    hint = " ".join(reason.splitlines()[1:])
+    sys.exit(f"FATAL Flags parsing error: unknown config key {key!r} in {', '.join(named)}. {hint}".strip())
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -47,9 +47,14 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r}; expected one of {IMPLEMENTATIONS}.")
+  backend = backend or jax.default_backend()
+  if implementation == "pallas":
+    from pallas_kernels.omega_chunk.ops import unsupported_reason  # lazy: no Pallas import
+    reason = unsupported_reason(config, fresh_state=fresh_state, dtype=dtype, backend=backend)
+    return "pallas", f"requested, but the kernels cannot run this call ({reason}): memory_op raises" if reason else (
+        "requested")
   if implementation != "auto":
     return implementation, "requested"
-  backend = backend or jax.default_backend()
   if backend == "cpu":
     return "xla", "on CPU the Pallas kernels run only in the (slow) interpreter"
   from pallas_kernels.omega_chunk.ops import untimed_sizes_reason, unsupported_reason  # lazy: no Pallas import
@@ -76,6 +81,8 @@ def resolve_implementation(implementation: str, config: MemoryConfig, **call) ->
 def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, feature_coeffs):
   if q.ndim != 4 or k.shape != q.shape or v.ndim != 4 or v.shape[:3] != q.shape[:3]:
     raise ValueError(f"expected q, k [B, T, H, K] and v [B, T, H, V]; got q {q.shape}, k {k.shape}, v {v.shape}.")
+  if not all(jnp.issubdtype(x.dtype, jnp.floating) for x in (q, k, v)):
+    raise ValueError(f"q, k and v must be floating point; got {q.dtype}, {k.dtype}, {v.dtype}.")
   batch, length, heads, key_dim = q.shape
   value_dim = v.shape[-1]
   for name in ("log_alpha", "eta", "gamma", "log_theta"):

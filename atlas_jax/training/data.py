@@ -35,8 +35,12 @@ from atlas_jax.training.tokenizers import make_tokenizer
 _DEFAULT_VAL_BOOKS = ("Jude", "Revelation")
 
 
-def _files(pattern: str) -> list[str]:
-  paths = sorted(glob.glob(os.path.expanduser(pattern)))
+def _files(pattern: str, suffix: str) -> list[str]:
+  """The files a glob matches, sorted; a directory stands for its ``*<suffix>`` files (prepare_data's output)."""
+  pattern = os.path.expanduser(pattern)
+  if os.path.isdir(pattern):
+    pattern = os.path.join(pattern, "*" + suffix)
+  paths = sorted(path for path in glob.glob(pattern) if not os.path.isdir(path))
   if not paths:
     raise FileNotFoundError(f"data path {pattern!r} matches no file.")
   return paths
@@ -122,14 +126,15 @@ def load_tokens(data_config, vocab_size: int):
   source = data_config.source
   if source == "tokens":
     # Read window by window from the shards on disk (token_shards.py): no host holds the corpus.
-    tokens = open_token_shards(_files(data_config.path), vocab_size,
+    tokens = open_token_shards(_files(data_config.path, ".npy"), vocab_size,
                                (data_config.tokenizer, data_config.tokenizer_path, data_config.eos_token))
     train, val = tokens.split(int(len(tokens) * data_config.val_fraction))
     return train, val, tokenizer
   if source == "bible":
     train, val = bible_documents()
   elif source in ("text", "jsonl"):
-    docs = [doc for path in _files(data_config.path) for doc in read_texts(path, jsonl=source == "jsonl")]
+    docs = [doc for path in _files(data_config.path, ".txt" if source == "text" else ".jsonl")
+            for doc in read_texts(path, jsonl=source == "jsonl")]
     train, val = _split(docs, data_config.val_fraction)
   elif source == "huggingface":
     train, val = _split(huggingface_documents(data_config), data_config.val_fraction)

@@ -27,7 +27,7 @@ from atlas_jax.sampling import generate
 from atlas_jax.sharding import logical_rules
 from atlas_jax.training import data as data_lib
 from atlas_jax.training import mesh as mesh_lib
-from atlas_jax.training.checkpoint import Checkpointer, checkpoint_dir
+from atlas_jax.training.checkpoint import Checkpointer, check_compatible, checkpoint_dir, param_shapes
 from atlas_jax.training.metrics import MetricWriter, Progress
 from atlas_jax.training.optim import learning_rate_schedule, make_optimizer
 from atlas_jax.training.step import make_eval_step, make_train_step
@@ -143,9 +143,21 @@ def _check_train_settings(config) -> None:
                "grad_accum"):
     if getattr(t, name) < 1:
       raise ValueError(f"train.{name}={getattr(t, name)}; it must be at least 1.")
-  for name in ("warmup_steps", "sample_every", "sample_tokens"):
-    if getattr(t, name) < 0:
+  for name in ("warmup_steps", "sample_every", "sample_tokens", "lr", "weight_decay", "final_lr_fraction"):
+    if not getattr(t, name) >= 0:  # NaN too
       raise ValueError(f"train.{name}={getattr(t, name)}; it must be at least 0.")
+
+
+def _check_memory_implementation(model_config: ModelConfig) -> None:
+  """A memory pinned to the Pallas kernels that cannot run it fails at step 1's compile; say so before any data
+  is read or anything is written to the workdir."""
+  finite = any(block in ("memory", "mag", "mal") for block in model_config.blocks)
+  if finite and model_config.memory_implementation == "pallas":
+    from pallas_kernels.omega_chunk.ops import unsupported_reason  # lazy: no Pallas import otherwise
+
+    reason = unsupported_reason(model_config.memory, fresh_state=True, dtype=model_config.jnp_dtype)
+    if reason:
+      raise NotImplementedError(f"memory_implementation='pallas': {reason}; use 'auto' or 'xla'.")
 
 
 # Model settings that change how the model computes, not what it computes: a resume may change them.
@@ -183,15 +195,16 @@ def _check_same_data(meta: dict, config, split_tokens: list[int]) -> None:
   text file edited), while a corpus that only moved (another mount point) still resumes."""
   saved = meta.get("experiment", {}).get("data", {})
   current = json.loads(config.to_json())["data"]
-  changed = [key for key in ("source", "tokenizer", "eos_token", "seq_len", "batch_size", "seed", "num_workers",
-                             "val_fraction") if key in saved and saved[key] != current.get(key)]
+  changed = [f"{key} {saved[key]!r} → {current.get(key)!r}"
+             for key in ("source", "tokenizer", "eos_token", "seq_len", "batch_size", "seed", "num_workers",
+                         "val_fraction") if key in saved and saved[key] != current.get(key)]
   saved_accum = meta.get("experiment", {}).get("train", {}).get("grad_accum", config.train.grad_accum)
   if saved_accum != config.train.grad_accum:
-    changed.append("train.grad_accum")
-  if meta.get("process_count", jax.process_count()) != jax.process_count():  # batch_size and the windows are per process
-    changed.append(f"the process count: {meta['process_count']} then, {jax.process_count()} now")
+    changed.append(f"train.grad_accum {saved_accum} → {config.train.grad_accum}")
+  if meta.get("process_count", jax.process_count()) != jax.process_count():  # batch_size, windows: per process
+    changed.append(f"the process count {meta['process_count']} → {jax.process_count()}")
   if meta.get("split_tokens", split_tokens) != split_tokens:
-    changed.append(f"the corpus: {meta['split_tokens']} training/validation tokens then, {split_tokens} now")
+    changed.append(f"the corpus's training/validation tokens {meta['split_tokens']} → {split_tokens}")
   if changed:
     raise ValueError(f"resuming with other data settings than the checkpoint's ({', '.join(changed)}): its data "
                      "position would point elsewhere. Restore them, or fine-tune from it with init_from in a new "
@@ -237,9 +250,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   if "://" in workdir:
     raise ValueError(f"workdir={workdir!r}: metrics and logs are written as plain files, so the workdir must be a "
                      "local or mounted path (e.g. a bucket mounted with gcsfuse), not a URL.")
-  os.makedirs(workdir, exist_ok=True)
   _check_train_settings(config)
   model_config = model_config_from(config)
+  _check_memory_implementation(model_config)
   is_main = jax.process_index() == 0
   mesh = mesh_lib.make_mesh(tuple(config.mesh.shape))
   rules = tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in config.mesh.rules)
@@ -272,6 +285,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   init_opt = jax.jit(tx.init, out_shardings=opt_shardings)
   as_target = mesh_lib.with_shardings
 
+  os.makedirs(workdir, exist_ok=True)  # only now: a run refused above leaves no workdir behind
   with jax.set_mesh(mesh), logical_rules(rules):
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints,
                                 interval=config.train.checkpoint_every, async_save=config.train.async_checkpoint)
@@ -364,16 +378,23 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   return results
 
 
-def _fine_tune_params(directory: str, target):
-  """Parameters only from another run's newest checkpoint (new optimiser; any mesh or sequence length)."""
-  directory = checkpoint_dir(directory, "init_from")
+def _fine_tune_params(path: str, target):
+  """Parameters only from another run's newest checkpoint, or from the step folder `path` names (new optimiser;
+  any mesh or sequence length)."""
+  path = os.path.normpath(path)
+  step = int(os.path.basename(path)) if os.path.basename(path).isdigit() and os.path.isdir(path) else None
+  directory = checkpoint_dir(os.path.dirname(path) if step is not None else path, "init_from")
   checkpointer = Checkpointer(directory, async_save=False, read_only=True)
-  if not checkpointer.steps():
-    raise FileNotFoundError(f"init_from={directory!r} holds no checkpoint.")
-  restored = checkpointer.restore_latest(target)
-  checkpointer.close()
-  if restored is None:
-    raise ValueError(f"no checkpoint in {directory!r} could be restored.")
-  step, params, _, _ = restored
+  try:
+    if not checkpointer.steps():
+      raise FileNotFoundError(f"init_from={directory!r} holds no checkpoint.")
+    if step is None:
+      step, params, _, _ = checkpointer.restore_latest(target)
+    else:
+      where = f"checkpoint {directory} step {step}"
+      check_compatible(checkpointer.read_meta(step), param_shapes(target), where)
+      params, _ = checkpointer.restore(step, target)
+  finally:
+    checkpointer.close()
   print(f"fine-tuning from {directory} step {step} (parameters only)", flush=True)
   return params

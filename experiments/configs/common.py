@@ -40,7 +40,7 @@ def override_slots(cls) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.init_from = ""  # a checkpoint directory to fine-tune from (parameters only)
+  c.init_from = ""  # fine-tune from (parameters only): a workdir, its checkpoints/, or checkpoints/<step>
 
   c.model = ml_collections.ConfigDict()
   c.model.preset = "atlas"
@@ -51,7 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "bible"  # bible | text | jsonl | tokens | synthetic | huggingface
-  c.data.path = ""  # glob of files for text, jsonl and tokens; the dataset name for huggingface
+  c.data.path = ""  # text/jsonl/tokens: a glob, or a directory of *.txt/*.jsonl/*.npy; huggingface: the dataset
   c.data.hf_config = ""  # huggingface: dataset config name
   c.data.hf_split = "train"
   c.data.hf_text_field = "text"
@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eos_token = ""  # huggingface: the document separator's token, if not one of the usual names
   c.data.seq_len = 128
   c.data.batch_size = 16  # per process and per micro-batch
-  c.data.val_fraction = 0.05
+  c.data.val_fraction = 0.05  # the last share of documents (of tokens for tokens); bible: its last books
   c.data.num_workers = 0  # Grain worker processes
   c.data.seed = 0
 

@@ -194,6 +194,8 @@ def test_dispatch_and_fallback_reasons():
   linear = MemoryConfig(kind="linear", chunk_size=16, window=4, momentum=True)
   assert explain_implementation("auto", linear, backend="cpu")[0] == "xla"
   assert explain_implementation("pallas", linear, backend="cpu") == ("pallas", "requested")
+  path, why = explain_implementation("pallas", dataclasses.replace(linear, chunk_size=48), backend="gpu")
+  assert path == "pallas" and "C=48: Triton tiles need a power of two" in why and "memory_op raises" in why
   # auto picks the kernels for a linear memory on one GPU; MLP memories, and several devices outside a mesh
   # context, stay on xla (test_kernels_split_over_a_device_mesh covers the context).
   assert explain_implementation("auto", linear, backend="gpu", devices=1)[0] == "pallas"

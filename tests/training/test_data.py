@@ -110,9 +110,8 @@ def test_prepare_data_writes_shards_and_resumes(tmp_path):
   mtime = __import__("os").path.getmtime(first)
   prepare(str(tmp_path / "*.jsonl"), str(out))  # a second run skips finished shards
   assert __import__("os").path.getmtime(first) == mtime
-  train, val, _ = data_lib.load_tokens(_data_config(source="tokens", path=str(out / "*.npy"), val_fraction=0.25),
-                                       257)
-  assert len(train) + len(val) == 96
+  train, val, _ = data_lib.load_tokens(_data_config(source="tokens", path=str(out), val_fraction=0.25), 257)
+  assert len(train) + len(val) == 96  # the directory stands for its *.npy shards
   with pytest.raises(ValueError, match="holds shards of tokenizer 'byte'"):
     prepare(str(tmp_path / "*.jsonl"), str(out), tokenizer="tiktoken")  # would mix two vocabularies
   # Shards of another tokenizer than the run's are refused (the paper configs default to the byte tokenizer).

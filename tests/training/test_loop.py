@@ -156,15 +156,16 @@ def test_non_finite_loss_names_the_memory_bound_for_memories_that_can_diverge():
   assert hint("atlas") == "" and hint("delta") == "" and hint("transformer++") == ""
 
 
-def test_fine_tune_with_another_length_and_mesh(tmp_path, straight_run):
+def test_fine_tune_with_another_length_and_mesh(tmp_path, straight_run, capsys):
   config = tiny_config.get_config()
   config.unlock()
-  config.init_from = os.path.join(straight_run, "checkpoints")
+  config.init_from = os.path.join(straight_run, "checkpoints", "3")  # a chosen step (else the newest)
   config.data.seq_len = 24
   config.mesh.shape = (2, 2, 2)
   config.train.steps = 2
   results = loop.train_and_evaluate(config, str(tmp_path / "finetune"))
   assert results["step"] == 2 and np.isfinite(results["val/loss"])
+  assert "checkpoints step 3 (parameters only)" in capsys.readouterr().out
 
 
 def test_pallas_memory_trains_on_a_mesh_like_xla(tmp_path):
@@ -201,7 +202,8 @@ def test_resume_with_other_data_settings_is_refused(tmp_path, straight_run):
   config.unlock()
   config.train.steps = 7
   config.data.num_workers, config.data.seq_len = 2, 24
-  with pytest.raises(ValueError, match=r"other data settings than the checkpoint's \(seq_len, num_workers\)"):
+  with pytest.raises(ValueError, match=r"other data settings than the checkpoint's \(seq_len 16 → 24, num_workers "
+                                       r"0 → 2\)"):
     loop.train_and_evaluate(config, workdir)
 
 
@@ -220,8 +222,8 @@ def test_resume_on_a_changed_corpus_is_refused(tmp_path, straight_run, monkeypat
   config = tiny_config.get_config()
   config.unlock()
   config.train.steps = 7
-  with pytest.raises(ValueError, match=r"other data settings than the checkpoint's \(the corpus: \[\d+, \d+\] "
-                                       r"training/validation tokens then"):
+  with pytest.raises(ValueError, match=r"other data settings than the checkpoint's \(the corpus's "
+                                       r"training/validation tokens \[\d+, \d+\] → \[\d+, \d+\]\)"):
     loop.train_and_evaluate(config, workdir)
 
 
@@ -331,6 +333,15 @@ def test_bad_inputs_give_clear_errors(tmp_path):
   assert not os.path.exists(tmp_path / "e" / "checkpoints" / "1")  # refused before step 1
   with pytest.raises(ValueError, match="must be a local or mounted path"):
     loop.train_and_evaluate(config, "gs://bucket/run")
+  config.train.lr = -1.0
+  with pytest.raises(ValueError, match=r"train.lr=-1.0; it must be at least 0"):
+    loop.train_and_evaluate(config, str(tmp_path / "f"))
+  config.train.lr = 1e-2
+  config.model.overrides.memory_implementation = "pallas"  # atlas has Muon, which the kernels lack
+  with pytest.raises(NotImplementedError, match="memory_implementation='pallas': muon=True"):
+    loop.train_and_evaluate(config, str(tmp_path / "f"))
+  assert not os.path.exists(tmp_path / "f")  # refused before anything was written
+  del config.model.overrides["memory_implementation"]
   config.train.keep_checkpoints = 0  # Orbax would delete every checkpoint as it is written
   with pytest.raises(ValueError, match=r"train.keep_checkpoints=0; it must be at least 1"):
     loop.train_and_evaluate(config, str(tmp_path / "f"))
@@ -346,6 +357,7 @@ def test_main_rejects_unknown_and_mistyped_flags(tmp_path):
   base = [sys.executable, "-m", "experiments.main", f"--config={CONFIG_FILE}", f"--workdir={tmp_path}",
           "--distributed=false"]
   typo = subprocess.run(base + ["--config.train.stepz=3"], cwd=ROOT, env=env, capture_output=True, text=True)
-  assert typo.returncode != 0 and "stepz" in typo.stderr and "Did you mean" in typo.stderr
+  assert typo.returncode != 0 and "Traceback" not in typo.stderr
+  assert "unknown config key 'stepz' in --config.train.stepz. Did you mean \"steps\"" in typo.stderr
   wrong = subprocess.run(base + ["--config.train.steps=many"], cwd=ROOT, env=env, capture_output=True, text=True)
   assert wrong.returncode != 0 and "steps" in wrong.stderr
