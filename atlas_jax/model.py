@@ -88,7 +88,10 @@ class AtlasLM(nnx.Module):
     check_tokens(tokens, config.vocab_size)
     # Ids outside [0, vocab) embed as NaN (negative ids would otherwise wrap around, as in NumPy).
     tokens = jnp.where(tokens < 0, config.vocab_size, tokens)
-    x = jnp.take(self.embed[...], tokens, axis=0, mode="fill", fill_value=jnp.nan)
+    # Gathered whole along D first (FSDP's weight all-gather): rows taken from a D-split table would come out
+    # split along D, which XLA can only bring to the batch split by replicating the activations.
+    table = constrain(self.embed[...], ("vocab", None), divisible_only=True)
+    x = jnp.take(table, tokens, axis=0, mode="fill", fill_value=jnp.nan)
     if config.tie_embeddings:
       x = x * math.sqrt(config.width)
     x = x.astype(config.jnp_dtype)

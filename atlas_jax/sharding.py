@@ -71,9 +71,18 @@ def logical_to_spec(axes: tuple[str | None, ...], rules: Rules | None = None) ->
   return PartitionSpec(*spec)
 
 
-def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
-  """Constrain an activation's sharding by logical axes; a no-op outside a mesh or without rules."""
+def constrain(x: jax.Array, axes: tuple[str | None, ...], *, divisible_only: bool = False) -> jax.Array:
+  """Constrain an activation's sharding by logical axes; a no-op outside a mesh or without rules.
+
+  divisible_only: leave a dimension unsplit where its mesh axes do not divide it, as the parameters' shardings
+  do (``training.mesh.state_shardings``), so a constraint on a parameter matches its own sharding.
+  """
   rules = _RULES.get()
-  if rules is None or jax.sharding.get_abstract_mesh().empty:
+  mesh = jax.sharding.get_abstract_mesh()
+  if rules is None or mesh.empty:
     return x
-  return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, rules))
+  spec = logical_to_spec(axes, rules)
+  if divisible_only:
+    spec = PartitionSpec(*(entry if size % num_shards(entry, dict(mesh.shape)) == 0 else None
+                           for size, entry in zip(x.shape, spec)))
+  return jax.lax.with_sharding_constraint(x, spec)

@@ -128,6 +128,10 @@ def _check_batches_fit_mesh(config, mesh) -> None:
   divide before step 1 (not at the first evaluation, thousands of steps in)."""
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   processes = jax.process_count()
+  if shards % processes:
+    raise ValueError(f"each of the {processes} processes loads its own rows of the batch, so the mesh's data × "
+                     f"fsdp = {shards} devices must be a multiple of {processes}; a tensor axis that spans hosts "
+                     "would give two processes the same rows. Change mesh.shape.")
   for what, rows in (("data.batch_size × train.grad_accum", config.data.batch_size * config.train.grad_accum),
                      ("data.batch_size (validation batches)", config.data.batch_size)):
     if (rows * processes) % shards:

@@ -69,13 +69,23 @@ def _divisible(spec: PartitionSpec, shape, mesh: Mesh, logical) -> PartitionSpec
 
 
 def like_params(tree, params_structure, param_shardings, replicated):
-  """Shardings for an optimiser state: sub-trees shaped like the params get the params' shardings."""
+  """Shardings for an optimiser state: sub-trees shaped like the params get the params' shardings, the rest
+  (step counts) is replicated. An optimiser whose moments are not params-shaped sub-trees (``optax.masked``
+  keeps masked-out leaves as placeholders) would have them replicated: that is logged with their size."""
+  fallback = []
+
   def visit(node):
     if jax.tree_util.tree_structure(node) == params_structure:
       return param_shardings
+    fallback.extend(leaf for leaf in jax.tree_util.tree_leaves(node) if np.size(leaf) > 1)
     return jax.tree_util.tree_map(lambda _: replicated, node)
 
-  return jax.tree_util.tree_map(visit, tree, is_leaf=lambda n: jax.tree_util.tree_structure(n) == params_structure)
+  out = jax.tree_util.tree_map(visit, tree, is_leaf=lambda n: jax.tree_util.tree_structure(n) == params_structure)
+  if fallback:
+    size = sum(np.size(leaf) * np.dtype(leaf.dtype).itemsize for leaf in fallback)
+    _log.warning("%d optimiser-state arrays (%.1f MiB) are not shaped like the parameters and are replicated on "
+                 "every device", len(fallback), size / 2**20)
+  return out
 
 
 def with_shardings(tree, shardings):

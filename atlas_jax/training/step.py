@@ -23,15 +23,18 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, grad_accum: int)
     if grad_accum == 1:
       loss, grads = grad_fn(params, batch)
     else:
-      micro = batch.reshape((grad_accum, batch.shape[0] // grad_accum) + batch.shape[1:])
+      # Micro-batch j is rows j, j + ga, j + 2·ga, …: the batch is split over devices in contiguous blocks, so
+      # every device keeps its own rows in every micro-batch (contiguous micro-batches would move between devices).
+      micro = batch.reshape((batch.shape[0] // grad_accum, grad_accum) + batch.shape[1:]).swapaxes(0, 1)
 
       def accumulate(carry, b):
         loss, grads = grad_fn(params, b)
-        return jax.tree_util.tree_map(jnp.add, carry, (loss, grads)), None
+        return jax.tree_util.tree_map(lambda c, x: c + x.astype(jnp.float32), carry, (loss, grads)), None
 
-      zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
-      (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro)
-      loss, grads = jax.tree_util.tree_map(lambda x: x / grad_accum, (loss, grads))
+      zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), (jnp.zeros(()), params))
+      (loss, grads), _ = jax.lax.scan(accumulate, zeros, micro)  # summed in float32 whatever the parameter dtype
+      loss = loss / grad_accum
+      grads = jax.tree_util.tree_map(lambda g, p: (g / grad_accum).astype(p.dtype), grads, params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
     return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads)}

@@ -304,7 +304,7 @@ def test_checkpoint_of_another_parameter_layout_is_refused(tmp_path, straight_ru
     loop.train_and_evaluate(config, str(tmp_path / "later"))
 
 
-def test_bad_inputs_give_clear_errors(tmp_path):
+def test_bad_inputs_give_clear_errors(tmp_path, monkeypatch):
   config = tiny_config.get_config()
   config.unlock()
   config.data.source = "text"
@@ -331,6 +331,10 @@ def test_bad_inputs_give_clear_errors(tmp_path):
                      r"mesh's data × fsdp = 8 devices do not divide"):
     loop.train_and_evaluate(config, str(tmp_path / "e"))
   assert not os.path.exists(tmp_path / "e" / "checkpoints" / "1")  # refused before step 1
+  monkeypatch.setattr(jax, "process_count", lambda: 2)  # two hosts on mesh (1, 1, 8): both would hold every row
+  with pytest.raises(ValueError, match=r"data × fsdp = 1 devices must be a multiple of 2"):
+    loop._check_batches_fit_mesh(config, loop.mesh_lib.make_mesh((1, 1, 8)))
+  monkeypatch.undo()
   with pytest.raises(ValueError, match="must be a local or mounted path"):
     loop.train_and_evaluate(config, "gs://bucket/run")
   config.train.lr = -1.0
