@@ -39,6 +39,8 @@ class ModelConfig:
     eta_init: η's initial value as a share of eta_max, σ(bias); None picks ``initial_eta_share``'s default.
     conv_width: short causal conv width before the memory.
     kernel_normalized: the kernel memory divides by its v ≡ 1 twin (softmax attention; linear + dot only).
+    tie_embeddings: the output head is the embedding table, whose rows then start at N(0, 1/D) and whose input
+      rows are scaled by √D (from 2026-11-27 on; a tied checkpoint written before computed without the scale).
     dtype / param_dtype: activation and parameter dtypes (memory state is always float32, and so are the
       parameters of the memory's own math: Φ_init, φ's coefficients and the kernel's temperature).
     scan_layers: run the layers with ``nnx.scan`` over stacked parameters (needs identical block types).

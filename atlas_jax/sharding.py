@@ -58,6 +58,13 @@ def num_shards(entry, mesh_shape) -> int:
   return math.prod(mesh_shape[name] for name in axis_names(entry))
 
 
+def divisible_spec(spec: PartitionSpec, shape, mesh_shape) -> PartitionSpec:
+  """`spec` with each dimension that its mesh axes do not divide left unsplit (`mesh_shape`: {axis: size})."""
+  entries = tuple(spec) + (None,) * (len(shape) - len(spec))
+  return PartitionSpec(*(entry if size % num_shards(entry, mesh_shape) == 0 else None
+                         for size, entry in zip(shape, entries)))
+
+
 def logical_to_spec(axes: tuple[str | None, ...], rules: Rules | None = None) -> PartitionSpec:
   """PartitionSpec for logical `axes` under `rules` (unknown names and None are replicated)."""
   table = dict(rules if rules is not None else (_RULES.get() or ()))
@@ -83,6 +90,5 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...], *, divisible_only: boo
     return x
   spec = logical_to_spec(axes, rules)
   if divisible_only:
-    spec = PartitionSpec(*(entry if size % num_shards(entry, dict(mesh.shape)) == 0 else None
-                           for size, entry in zip(x.shape, spec)))
+    spec = divisible_spec(spec, x.shape, dict(mesh.shape))
   return jax.lax.with_sharding_constraint(x, spec)

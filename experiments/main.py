@@ -74,7 +74,9 @@ def _parse_flags(argv):
     reason = str(reason.args[0] if isinstance(reason, Exception) and reason.args else reason)
     given = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
     key = reason.splitlines()[0].strip("'\"")
-    named = [flag for flag in given if flag.endswith("." + key) or f".{key}." in flag] or given
+    named = [flag for flag in given if flag.endswith("." + key) or f".{key}." in flag]
+    if not named:  # not an override's key (the config file's own get_config failed, say): the real traceback
+      raise
     hint = " ".join(reason.splitlines()[1:])
     sys.exit(f"FATAL Flags parsing error: unknown config key {key!r} in {', '.join(named)}. {hint}".strip())
 

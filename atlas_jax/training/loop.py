@@ -185,8 +185,9 @@ def _check_same_model(meta: dict, model_config: ModelConfig) -> None:
     return
   saved = _flat(json.loads(json.dumps(meta["model_config"])))
   current = _flat(json.loads(json.dumps(model_config.to_dict())))
-  changed = [f"{key}: {saved.get(key)!r} → {current.get(key)!r}" for key in sorted(set(saved) | set(current))
-             if key not in _COMPUTE_ONLY and saved.get(key) != current.get(key)]
+  # Keys the checkpoint lacks are settings added since it was written; it ran with their (older) behaviour.
+  changed = [f"{key}: {saved[key]!r} → {current.get(key)!r}" for key in sorted(saved)
+             if key not in _COMPUTE_ONLY and saved[key] != current.get(key)]
   if changed:
     raise ValueError("resuming another model than the checkpoint's (" + "; ".join(changed) + "). Restore the "
                      "model settings, or fine-tune from it with init_from in a new workdir.")
@@ -302,7 +303,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
       train_iter.set_state(meta["data_state"])
       if is_main:
         print(f"resumed from step {step}", flush=True)
-        note = _schedule_note(meta, config, step)
+        note = _schedule_note(meta, config, step) if step < config.train.steps else ""
         if note:
           print(note, flush=True)
     else:
@@ -327,10 +328,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     def save(step, force=False):
       checkpointer.save(step, params, opt_state, dict(meta, data_state=train_iter.get_state()), force=force)
 
-    def evaluate(step) -> dict[str, float]:
+    def evaluate(step, log: bool = True) -> dict[str, float]:
       val = _evaluate(eval_step, params, validation, batch_sharding)
       results = {"val/loss": val, "val/perplexity": math.exp(min(val, 50.0))}
-      writer.write(step, results)
+      if log:
+        writer.write(step, results)
       if is_main:
         print(f"step {step}: validation loss {val:.4f}, perplexity {results['val/perplexity']:.2f}", flush=True)
       return results
@@ -368,11 +370,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
           writer.text(step, "sample", text)
           if is_main:
             print(f"sample at step {step}: {text!r}", flush=True)
-      if not results:  # resumed at train.steps or past it: the final evaluation may not have run (a crash after the save)
+      if not results:  # resumed at or past train.steps: the final evaluation may not have run (a crash after the save)
         if is_main:
           print(f"step {step} is at or past train.steps = {config.train.steps}: nothing to train; evaluating it.",
                 flush=True)
-        results = evaluate(step)
+        results = evaluate(step, log=not writer.logged(step, "val/loss"))
     finally:
       preemption.close()
       checkpointer.close()
@@ -385,13 +387,20 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 def _fine_tune_params(path: str, target):
   """Parameters only from another run's newest checkpoint, or from the step folder `path` names (new optimiser;
   any mesh or sequence length)."""
-  path = os.path.normpath(path)
-  step = int(os.path.basename(path)) if os.path.basename(path).isdigit() and os.path.isdir(path) else None
-  directory = checkpoint_dir(os.path.dirname(path) if step is not None else path, "init_from")
+  path, step = os.path.normpath(path), None
+  try:
+    directory = checkpoint_dir(path, "init_from")
+  except FileNotFoundError:
+    if not (os.path.basename(path).isdigit() and os.path.isdir(os.path.join(path, "meta"))):  # a saved step
+      raise
+    directory, step = checkpoint_dir(os.path.dirname(path), "init_from"), int(os.path.basename(path))
   checkpointer = Checkpointer(directory, async_save=False, read_only=True)
   try:
     if not checkpointer.steps():
       raise FileNotFoundError(f"init_from={directory!r} holds no checkpoint.")
+    if step is not None and step not in checkpointer.steps():
+      raise FileNotFoundError(f"init_from={path!r}: {directory} has no step {step}; saved steps: "
+                              f"{checkpointer.steps()}.")
     if step is None:
       step, params, _, _ = checkpointer.restore_latest(target)
     else:

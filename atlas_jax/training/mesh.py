@@ -10,7 +10,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from flax import nnx
 
-from atlas_jax.sharding import Rules, axis_names, logical_to_spec, num_shards
+from atlas_jax.sharding import Rules, axis_names, divisible_spec, logical_to_spec
 
 _log = logging.getLogger(__name__)
 
@@ -58,14 +58,12 @@ def state_shardings(abstract_state, mesh: Mesh, rules: Rules):
 
 
 def _divisible(spec: PartitionSpec, shape, mesh: Mesh, logical) -> PartitionSpec:
-  entries = []
-  for size, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    if size % num_shards(entry, mesh.shape):
+  kept = divisible_spec(spec, shape, mesh.shape)
+  for size, entry, kept_entry in zip(shape, tuple(spec) + (None,) * len(shape), kept):
+    if entry is not None and kept_entry is None:
       _log.warning("a parameter of shape %s with logical axes %s: %d is not divisible by mesh axes %s, so that "
                    "dimension is replicated", shape, tuple(logical), size, axis_names(entry))
-      entry = None
-    entries.append(entry)
-  return PartitionSpec(*entries)
+  return kept
 
 
 def like_params(tree, params_structure, param_shardings, replicated):

@@ -73,6 +73,13 @@ class MetricWriter:
       for name, value in metrics.items():
         self._tb.add_scalar(name, float(value), int(step))
 
+  def logged(self, step: int, name: str) -> bool:
+    """Whether metrics.jsonl already holds `name` at `step` (a rerun of a finished run evaluates it again)."""
+    if not self.enabled:
+      return False
+    with open(self._jsonl.name, encoding="utf-8") as f:
+      return any(_step(line) == step and name in json.loads(line) for line in f)
+
   def text(self, step: int, name: str, value: str) -> None:
     if self.enabled and self._tb is not None:
       self._tb.add_text(name, value, int(step))

@@ -40,28 +40,23 @@ def _header(path: str) -> tuple[int, np.dtype, int]:
   return count, dtype, offset
 
 
-def _read_manifest(directory: str) -> dict:
-  """``directory/manifest.json`` as written by ``experiments.prepare_data``, or {} where there is none; an
-  unreadable manifest is ignored (the shards are then read to check their ids)."""
+def _read_manifest(directory: str) -> tuple[dict, dict[str, tuple[int, int, int, int]]]:
+  """(``directory/manifest.json`` as written by ``experiments.prepare_data``, {shard file name: (tokens, bytes,
+  min id, max id)} of the shards it records), or ({}, {}) where there is none; a manifest that does not parse
+  as one is ignored (the shards are then read to check their ids)."""
   path = os.path.join(directory, "manifest.json")
   if not os.path.exists(path):
-    return {}
+    return {}, {}
+  fields = ("tokens", "bytes", "min_id", "max_id")
   try:
     with open(path, encoding="utf-8") as f:
       manifest = json.load(f)
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards", []), list):
-      raise ValueError("not a manifest of shards")
-    return manifest
-  except (OSError, ValueError) as e:
+    ranges = {s["path"]: tuple(int(s[k]) for k in fields) for s in manifest.get("shards", [])
+              if set(fields) <= set(s)}
+    return manifest, ranges
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     print(f"ignoring {path} ({type(e).__name__}: {e}); the shards' token ids are read to check them.", flush=True)
-    return {}
-
-
-def _ranges(manifest: dict) -> dict[str, tuple[int, int, int, int]]:
-  """{shard file name: (tokens, bytes, min id, max id)} of the shards a manifest records them for."""
-  fields = ("tokens", "bytes", "min_id", "max_id")
-  return {s["path"]: tuple(int(s[k]) for k in fields) for s in manifest.get("shards", [])
-          if isinstance(s, dict) and "path" in s and set(fields) <= set(s)}
+    return {}, {}
 
 
 def _check_tokenizer(directory: str, manifest: dict, tokenizer: tuple[str, str, str]) -> None:
@@ -71,7 +66,8 @@ def _check_tokenizer(directory: str, manifest: dict, tokenizer: tuple[str, str, 
   if "tokenizer" not in manifest:
     return
   kind, path, eos = tokenizer
-  saved = (manifest["tokenizer"], os.path.basename(manifest.get("tokenizer_path", "")), manifest.get("eos_token", ""))
+  saved = (manifest["tokenizer"], os.path.basename(manifest.get("tokenizer_path") or ""),
+           manifest.get("eos_token") or "")
   if saved != (kind, os.path.basename(path), eos):
     raise ValueError(f"the shards in {directory} were tokenized with tokenizer {saved[0]!r} (file {saved[1]!r}, "
                      f"eos {saved[2]!r}, by its manifest.json), but data.tokenizer={kind!r}, data.tokenizer_path="
@@ -123,10 +119,9 @@ def open_token_shards(paths: list[str], vocab_size: int, tokenizer: tuple[str, s
     size = header[0]
     directory = os.path.dirname(os.path.abspath(path))
     if directory not in manifests:
-      manifest = _read_manifest(directory)
+      manifest, manifests[directory] = _read_manifest(directory)
       if tokenizer is not None:
         _check_tokenizer(directory, manifest, tokenizer)
-      manifests[directory] = _ranges(manifest)
     entry = manifests[directory].get(os.path.basename(path))
     if entry is not None and entry[:2] == (size, os.path.getsize(path)):
       ranges[path] = entry[2:]

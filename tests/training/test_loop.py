@@ -292,6 +292,10 @@ def test_missing_init_from_is_named_and_not_created(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"init_from=.*no_such_run.* does not exist"):
     loop.train_and_evaluate(config, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "no_such_run")
+  (tmp_path / "runs" / "12345").mkdir(parents=True)  # a numeric folder that is no step folder: named as given
+  config.init_from = str(tmp_path / "runs" / "12345")
+  with pytest.raises(FileNotFoundError, match=r"init_from=.*12345.* has no checkpoints/ folder"):
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
 
 
 def test_checkpoint_of_another_parameter_layout_is_refused(tmp_path, straight_run, monkeypatch):
@@ -365,3 +369,8 @@ def test_main_rejects_unknown_and_mistyped_flags(tmp_path):
   assert "unknown config key 'stepz' in --config.train.stepz. Did you mean \"steps\"" in typo.stderr
   wrong = subprocess.run(base + ["--config.train.steps=many"], cwd=ROOT, env=env, capture_output=True, text=True)
   assert wrong.returncode != 0 and "steps" in wrong.stderr
+  broken = tmp_path / "broken_config.py"  # a config file's own AttributeError is not blamed on a flag
+  broken.write_text("import ml_collections\n\ndef get_config():\n  return ml_collections.ConfigDict().nonexistent\n")
+  own = subprocess.run(base[:3] + [f"--config={broken}", f"--workdir={tmp_path}", "--distributed=false",
+                                   "--config.train.steps=3"], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert own.returncode != 0 and "Traceback" in own.stderr and "unknown config key" not in own.stderr
