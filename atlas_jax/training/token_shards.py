@@ -109,7 +109,8 @@ class TokenStream:
     return out
 
 
-def open_token_shards(paths: list[str], vocab_size: int, tokenizer: tuple[str, str, str] | None = None) -> TokenStream:
+def open_token_shards(paths: list[str], vocab_size: int,
+                      tokenizer: tuple[str, str, str] | None = None) -> TokenStream:
   """The stream over `paths` (in order), its token ids checked to lie in [0, vocab_size). `tokenizer`: the run's
   (kind, file, eos token), checked against the manifests that name theirs."""
   headers = [_header(path) for path in paths]
