@@ -147,7 +147,11 @@ class ModelConfig:
     C = 8 and at C = 64. These are starting values: the gates (and φ's coefficients) are trained, and in
     training the MLP memories with momentum and without Muon can still diverge on long sequences (the memory's
     curvature grows with its weights, which no starting share bounds); ``MemoryConfig.max_grad_norm`` is the
-    opt-in remedy (README, Models).
+    opt-in remedy (README, Models). The share does not depend on the update granularity: with ``chunk`` (the Muon
+    presets) Φ is written once per chunk while α decays it at every token, so at the start such a memory writes
+    about C times less per token than at ``token`` granularity and mostly decays (ad hoc, 2026-11-27, the atlas
+    170m memory at its starting gates over 1,024 tokens: W1's spectral norm 1.50 → 0.54 at chunk granularity,
+    → 1.14 at token granularity). η's gate is trained; a share scaled by C would need η_max scaled too.
     """
     if self.eta_init is not None:
       return self.eta_init
