@@ -12,12 +12,12 @@ import math
 import os
 import signal
 import threading
+import types
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
 from atlas_jax.config import ModelConfig
@@ -168,23 +168,13 @@ def _check_memory_implementation(model_config: ModelConfig) -> None:
 _COMPUTE_ONLY = frozenset({"dtype", "remat", "memory_implementation", "memory_remat", "eta_init"})
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def _check_same_model(meta: dict, model_config: ModelConfig) -> None:
   """A resume continues the checkpoint's model: refuse one whose settings differ beyond ``_COMPUTE_ONLY``, even
   with parameters of the same shapes (another preset, momentum, chunk size…); fine-tune with init_from instead."""
   if "model_config" not in meta:
     return
-  saved = _flat(json.loads(json.dumps(meta["model_config"])))
-  current = _flat(json.loads(json.dumps(model_config.to_dict())))
+  flat = lambda config: traverse_util.flatten_dict(json.loads(json.dumps(config)), sep=".")  # tuples → lists
+  saved, current = flat(meta["model_config"]), flat(model_config.to_dict())
   # Keys the checkpoint lacks are settings added since it was written; it ran with their (older) behaviour.
   changed = [f"{key}: {saved[key]!r} → {current.get(key)!r}" for key in sorted(saved)
              if key not in _COMPUTE_ONLY and saved[key] != current.get(key)]
@@ -223,7 +213,7 @@ def _schedule_note(meta: dict, config, step: int) -> str:
   saved = meta.get("experiment", {}).get("train", {})
   if not all(key in saved for key in keys) or all(saved[key] == config.train[key] for key in keys):
     return ""
-  old = learning_rate_schedule(ml_collections.ConfigDict({key: saved[key] for key in keys}))(step)
+  old = learning_rate_schedule(types.SimpleNamespace(**{key: saved[key] for key in keys}))(step)
   new = learning_rate_schedule(config.train)(step)
   changes = ", ".join(f"{key} {saved[key]} → {config.train[key]}" for key in keys if saved[key] != config.train[key])
   return (f"the learning-rate schedule changed since the checkpoint ({changes}): step {step + 1} learns at "

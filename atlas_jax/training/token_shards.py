@@ -114,16 +114,16 @@ def open_token_shards(paths: list[str], vocab_size: int,
   """The stream over `paths` (in order), its token ids checked to lie in [0, vocab_size). `tokenizer`: the run's
   (kind, file, eos token), checked against the manifests that name theirs."""
   headers = [_header(path) for path in paths]
-  manifests: dict[str, dict] = {}
+  recorded: dict[str, dict] = {}  # directory → its manifest's {shard file name: (tokens, bytes, min, max)}
   ranges, unrecorded = {}, []
   for path, header in zip(paths, headers):
     size = header[0]
     directory = os.path.dirname(os.path.abspath(path))
-    if directory not in manifests:
-      manifest, manifests[directory] = _read_manifest(directory)
+    if directory not in recorded:
+      manifest, recorded[directory] = _read_manifest(directory)
       if tokenizer is not None:
         _check_tokenizer(directory, manifest, tokenizer)
-    entry = manifests[directory].get(os.path.basename(path))
+    entry = recorded[directory].get(os.path.basename(path))
     if entry is not None and entry[:2] == (size, os.path.getsize(path)):
       ranges[path] = entry[2:]
     else:
