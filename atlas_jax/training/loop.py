@@ -329,33 +329,54 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
     results: dict[str, float] = {}
     loss = float("nan")
+
+    def report(step, metrics) -> None:
+      """Reads a step's loss (waiting for that step), stops on a non-finite one, prints progress and logs."""
+      nonlocal loss
+      loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+      if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # a non-finite gradient poisons the update
+        raise NonFiniteLossError(
+            f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; stopping. The last checkpoint "
+            f"(step {max(checkpointer.steps(), default='none')}) is intact; lower the learning rate or check "
+            "the data." + divergence_hint(model_config))
+      progress.update(step, loss, force=step == config.train.steps)
+      if step % config.train.log_every == 0:
+        writer.write(step, {"train/loss": loss, "train/grad_norm": grad_norm})
+
+    # A step's loss is read after the next step is dispatched, so the device is never idle while the host reads
+    # it, logs and fetches the next batch. Steps that save, evaluate or sample read it first: nothing that
+    # follows a non-finite loss is saved.
+    pending = None
     preemption = _Preemption(checkpointer)
     try:
       while step < config.train.steps:
         batch = _put_batch(next(train_iter), batch_sharding)
         params, opt_state, metrics = train_step(params, opt_state, batch)
         step += 1
-        loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):  # a non-finite gradient poisons the update
-          raise NonFiniteLossError(
-              f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}; stopping. The last checkpoint "
-              f"(step {max(checkpointer.steps(), default='none')}) is intact; lower the learning rate or check "
-              "the data." + divergence_hint(model_config))
-        progress.update(step, loss, force=step == config.train.steps)
-        if step % config.train.log_every == 0:  # before the save: a resume drops rows past its checkpoint
-          writer.write(step, {"train/loss": loss, "train/grad_norm": grad_norm})
+        if pending is not None:
+          report(*pending)
+        pending = (step, metrics)
         preempted = preemption.reached(step)
-        save(step, force=step == config.train.steps or preempted)  # before evaluating or sampling, which may fail
+        last = step == config.train.steps
+        evaluating = step % config.train.eval_every == 0 or last
+        sampling = config.train.sample_tokens and (
+            (config.train.sample_every and step % config.train.sample_every == 0) or last)
+        saving = step % config.train.checkpoint_every == 0 or last or preempted
+        if not (saving or evaluating or sampling):
+          continue
+        report(*pending)
+        pending = None
+        if saving:  # before evaluating or sampling, which may fail
+          save(step, force=last or preempted)
         if preempted:
           if is_main:
             print(f"stopping at step {step} on SIGTERM (preemption); step {step} is saved: rerun to resume.",
                   flush=True)
           results["preempted"] = True
           break
-        if step % config.train.eval_every == 0 or step == config.train.steps:
+        if evaluating:
           results = evaluate(step)
-        periodic = config.train.sample_every and step % config.train.sample_every == 0
-        if config.train.sample_tokens and (periodic or step == config.train.steps):
+        if sampling:
           text = _sample(graphdef, params, tokenizer, config)
           writer.text(step, "sample", text)
           if is_main:

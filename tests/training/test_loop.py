@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -145,6 +146,31 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
   last = max(checkpointer.steps())
   params = _final_params(workdir, last)
   assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(params))
+
+
+def test_a_loss_read_late_still_stops_before_the_next_save(tmp_path, monkeypatch):
+  """Between saves a step's loss is read after the next step is dispatched. A NaN loss at step 3 (checkpoints
+  every 2 steps) must stop the run before step 4, already computed, is saved."""
+  make_step = loop.make_train_step
+
+  def nan_from_step_3(*args):
+    step_fn = make_step(*args)
+
+    def poisoned(params, opt_state, batch):
+      params, opt_state_out, metrics = step_fn(params, opt_state, batch)
+      count = next(x for x in jax.tree_util.tree_leaves(opt_state) if x.ndim == 0 and x.dtype == jnp.int32)
+      return params, opt_state_out, dict(metrics, loss=jnp.where(count >= 2, jnp.nan, metrics["loss"]))
+    return poisoned
+
+  monkeypatch.setattr(loop, "make_train_step", nan_from_step_3)
+  config = tiny_config.get_config()
+  config.unlock()
+  config.train.checkpoint_every = 2
+  config.train.log_every = config.train.eval_every = 100  # step 3 neither logs nor evaluates
+  workdir = str(tmp_path / "late")
+  with pytest.raises(loop.NonFiniteLossError, match="at step 3;"):
+    loop.train_and_evaluate(config, workdir)
+  assert Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False).steps() == [2]
 
 
 def test_non_finite_loss_names_the_memory_bound_for_memories_that_can_diverge():
