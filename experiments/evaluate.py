@@ -170,11 +170,12 @@ def _evaluate_model(name: str, kwargs: dict, out: str) -> dict:
       headline["babilong label acc (%)"] = sum(accs) / len(accs) if accs else math.nan
     elif name_eval == "mad":
       from atlas_jax.evals import mad
-      from atlas_jax.evals.mad_runner import run_mad
+      from atlas_jax.evals.mad_runner import RUN_SCALES, run_mad
       overrides = {"memory": {"chunk_size": _MAD_CHUNK.value}} if _MAD_CHUNK.value else None
       result = run_mad(kwargs["preset"], tasks=_MAD_TASKS.value or mad.TASKS, scale=_MAD_SCALE.value,
                        out_dir=folder, seed=_SEED.value, overrides=overrides)
-      headline["MAD score"] = result["mean_score"]
+      # MAD trains the scale's own model size, not --size (which names the row): say which.
+      headline[f"MAD score ({_MAD_SCALE.value}, {RUN_SCALES[_MAD_SCALE.value].size} model)"] = result["mean_score"]
     elif name_eval == "lm_eval":
       from atlas_jax.evals.lm_eval_adapter import run_lm_eval
       headline.update(run_lm_eval(lm, _LM_EVAL_TASKS.value, folder, include_path=_LM_EVAL_INCLUDE.value,

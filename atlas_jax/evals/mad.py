@@ -80,8 +80,9 @@ class MadSetting:
 
   @property
   def length(self) -> int:
-    """Instance length T (inputs and targets)."""
-    return self.seq_len - 1 if self.task in ("in-context-recall", "noisy-in-context-recall") else self.seq_len
+    """Instance length T (inputs and targets): multi-query recall drops one position of ``seq_len``."""
+    recall = self.task in ("in-context-recall", "noisy-in-context-recall")
+    return self.seq_len - 1 if recall and self.multi_query else self.seq_len
 
   @property
   def answer_classes(self) -> int:

@@ -316,6 +316,8 @@ def postprocess_prediction(text: str) -> str:
 
 def sample_match_all(prediction: str, answers: Sequence[str]) -> float:
   """Fraction (0–1) of ``answers`` found case-insensitively in the cleaned prediction."""
+  if isinstance(answers, str):  # a str is a Sequence[str] too: it would be scored character by character
+    raise TypeError(f"answers must be a list of strings, not the string {answers!r}; wrap it: [{answers!r}].")
   if not answers:
     raise ValueError("answers must not be empty.")
   pred = postprocess_prediction(prediction).lower()
@@ -344,6 +346,9 @@ def run_niah(generate_fn: Callable[[str, int], str], tokenizer, tasks: Sequence[
   length, spread over ``depths`` in turn (RULER: 500 per length; 40 depths → 12–13 per cell).
   Returns ``{task: summary}`` (the JSON content without the per-sample records).
   """
+  if depths is None:  # checked before any generation: the summary is a grid over these depths
+    raise ValueError("run_niah scores a depth × length grid, so depths must be a list of percentages "
+                     "(make_niah_samples(depths=None) draws random depths for samples outside a grid).")
   os.makedirs(out_dir, exist_ok=True)
   summaries = {}
   for task in tasks:

@@ -189,6 +189,16 @@ def test_string_match_all_on_hand_made_predictions():
   assert niah.string_match_all(["x"], [["x"]]) == 100.0
   with pytest.raises(ValueError, match="predictions"):
     niah.string_match_all(["a"], [])
+  with pytest.raises(TypeError, match="wrap it"):  # a bare string would score character by character
+    niah.string_match_all(["The number is 1."], ["1234567"])
+
+
+def test_run_niah_refuses_random_depths_before_generating(tmp_path):
+  calls = []
+  with pytest.raises(ValueError, match="depth × length grid"):
+    niah.run_niah(lambda p, n: calls.append(p) or "", ByteTokenizer(), ["niah_single_1"], [1024], 2,
+                  str(tmp_path), depths=None)
+  assert not calls
 
 
 # -------------------------------------------------------------------------------------- runner
