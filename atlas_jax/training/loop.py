@@ -139,6 +139,24 @@ def _check_batches_fit_mesh(config, mesh) -> None:
                        f"data × fsdp = {shards} devices do not divide; change data.batch_size or mesh.shape.")
 
 
+def _heads_note(model_config: ModelConfig, mesh) -> str:
+  """A warning when the mesh's tensor axis does not divide a head count: the run is correct, but each device
+  then runs every memory head (sharded.py keeps such heads whole) and fused projections split mid-head."""
+  tensor, blocks = mesh.shape["tensor"], set(model_config.blocks)
+  counts = {}
+  if blocks & {"memory", "mag", "mal", "kernel_memory"}:
+    counts["memory_heads"] = model_config.memory_heads
+  if blocks & {"attention", "swa", "mag", "mal"}:
+    counts["num_heads"] = model_config.num_heads
+  uneven = {name: n for name, n in counts.items() if n % tensor}
+  if tensor == 1 or not uneven:
+    return ""
+  listed = ", ".join(f"{name} = {n}" for name, n in uneven.items())
+  return (f"warning: {listed} not a multiple of the mesh's tensor axis ({tensor}): those heads are not split "
+          "over it (each device runs all of them) and their projections are resharded; pick a tensor axis that "
+          "divides the head counts.")
+
+
 def _check_train_settings(config) -> None:
   """Counts that would fail only after step 1 has compiled (a division by zero), or, for keep_checkpoints, keep
   nothing: Orbax's max_to_keep=0 deletes each checkpoint as it is written."""
@@ -255,6 +273,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   if is_main:
     print(f"model {config.model.preset}/{config.model.size}: {model_config.num_layers} layers × "
           f"{model_config.width}, blocks {sorted(set(model_config.blocks))}; mesh {dict(mesh.shape)}", flush=True)
+    note = _heads_note(model_config, mesh)
+    if note:
+      print(note, flush=True)
 
   # Data.
   train_tokens, val_tokens, tokenizer = data_lib.load_tokens(config.data, model_config.vocab_size)

@@ -182,6 +182,17 @@ def test_non_finite_loss_names_the_memory_bound_for_memories_that_can_diverge():
   assert hint("atlas") == "" and hint("delta") == "" and hint("transformer++") == ""
 
 
+def test_heads_the_tensor_axis_does_not_divide_are_named():
+  mesh = loop.mesh_lib.make_mesh((2, 1, 4))
+  note = lambda preset, **overrides: loop._heads_note(preset_config(preset, "tiny", overrides), mesh)
+  assert note("atlas", memory_heads=8) == note("transformer++", num_heads=8) == ""
+  assert "memory_heads = 2 not a multiple of the mesh's tensor axis (4)" in note("atlas", memory_heads=2,
+                                                                                  memory_head_dim=32)
+  assert note("atlas", num_heads=2) == ""  # no attention in the atlas preset: num_heads is unused
+  assert "num_heads = 2" in note("atlas_mag", num_heads=2) and "memory_heads" not in note("atlas_mag", num_heads=2)
+  assert loop._heads_note(preset_config("atlas", "tiny", {"memory_heads": 3}), loop.mesh_lib.make_mesh((8, 1, 1))) == ""
+
+
 def test_fine_tune_with_another_length_and_mesh(tmp_path, straight_run, capsys):
   config = tiny_config.get_config()
   config.unlock()
