@@ -1,4 +1,5 @@
-"""Basic layers against plain formulas: the short convolution's hand-written backward, Dense's 2-d matmul."""
+"""Layers against plain formulas: the short convolution's hand-written backward, Dense's 2-d matmul, the memory
+layer and the MAG block of SPEC §6 spelled out."""
 
 import jax
 import jax.numpy as jnp
@@ -44,3 +45,73 @@ def test_dense_on_three_axes_matches_einsum():
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, 5))
   want = jnp.einsum("btd,df->btf", x, dense.kernel[...]) + 0.5
   np.testing.assert_allclose(dense(x), want, rtol=1e-6, atol=1e-6)
+
+
+# ------------------------------------------------------------------ the memory layer and MAG block (SPEC §6)
+
+
+def _perturbed(module, seed: int):
+  """Random offsets on the parameters that start constant (gate biases, norm and output scales), so that every
+  one of them shows in the outputs: θ's gate reading γ's column, say, must change the result."""
+  keys = iter(jax.random.split(jax.random.PRNGKey(seed), 64))
+  for path, p in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+    if path[-1] in ("bias", "y_scale", "scale"):
+      p.set_value(p[...] + 0.5 * jax.random.normal(next(keys), p.shape))
+  return module
+
+
+def _rms(z, scale=1.0):
+  return z * jax.lax.rsqrt(jnp.mean(z * z, axis=-1, keepdims=True) + 1e-6) * scale
+
+
+def _memory_layer_formula(layer, config, x):
+  """SPEC §6 written out from the layer's parameters, with the memory on the per-token reference path."""
+  from atlas_jax.memory import Gates, memory_op
+  batch, length, _ = x.shape
+  heads, dim = config.memory_heads, config.memory_head_dim
+  kernel = layer.conv.kernel[...]
+  z = x @ layer.qkv.kernel[...]
+  padded = jnp.pad(z, ((0, 0), (kernel.shape[0] - 1, 0), (0, 0)))  # causal: x_{t−j} with zeros before t = 0
+  z = sum(kernel[-1 - j] * padded[:, kernel.shape[0] - 1 - j:][:, :length] for j in range(kernel.shape[0]))
+  z = jax.nn.silu(z).reshape(batch, length, heads, 3, dim)  # channels (head, {q, k, v}, d)
+  unit = lambda a: a / jnp.sqrt(jnp.sum(a * a, -1, keepdims=True) + 1e-6)
+  q, k, v = unit(z[..., 0, :]), unit(z[..., 1, :]), z[..., 2, :]
+  g = (x @ layer.gates.kernel[...] + layer.gates.bias[...]).reshape(batch, length, heads, 4)  # (α, η, θ, γ)
+  gates = Gates(log_alpha=jnp.log(jax.nn.sigmoid(g[..., 0])), eta=config.inner_lr_max(False) * jax.nn.sigmoid(g[..., 1]),
+                log_theta=jnp.log(jax.nn.sigmoid(g[..., 2])) if config.memory.momentum else None,
+                gamma=jax.nn.sigmoid(g[..., 3]))
+  weights = {name: getattr(layer, f"init_{name}")[...] for name in layer.weight_names}
+  coeffs = jax.nn.softplus(layer.phi_rho[...]) if config.memory.feature_map == "polynomial" else None
+  y, _ = memory_op(q, k, v, gates, weights, config=config.memory, feature_coeffs=coeffs, implementation="reference")
+  y = _rms(y, layer.y_scale[...]).reshape(batch, length, heads * dim)
+  return (y * jax.nn.sigmoid(x @ layer.out_gate.kernel[...])) @ layer.out.kernel[...]
+
+
+@pytest.mark.parametrize("preset, seed", [("titans", 0), ("atlas", 1), ("omeganet", 2)])
+def test_memory_layer_equals_its_formula(preset, seed):
+  """Projections, convolution, SiLU, L2 norms, the gate columns (α, η, θ, γ), per-head RMSNorm, output gate and
+  projection against SPEC §6 spelled out; float32, the layer's xla memory path against the reference, 2e-4."""
+  from atlas_jax.memory_layer import MemoryLayer
+  from atlas_jax.presets import get_preset
+  config = get_preset(preset, "tiny", memory_heads=2, memory_head_dim=8, width=32, num_heads=2)
+  layer = _perturbed(MemoryLayer(config, rngs=nnx.Rngs(seed)), seed)
+  x = jax.random.normal(jax.random.PRNGKey(seed + 10), (2, 21, 32))
+  y, _ = layer(x)
+  want = _memory_layer_formula(layer, config, x)
+  np.testing.assert_allclose(y, want, rtol=2e-4, atol=2e-4 * float(jnp.max(jnp.abs(want))))
+
+
+def test_mag_block_equals_its_formula():
+  """h = RMSNorm(x); x + out(RMSNorm(y_swa(h)) ⊙ σ(RMSNorm(y_mem(h)))) + the SwiGLU sublayer (SPEC §6)."""
+  from atlas_jax.blocks import Block
+  from atlas_jax.presets import get_preset
+  config = get_preset("atlas_mag", "tiny")
+  block = _perturbed(Block(config, "mag", rngs=nnx.Rngs(3)), 3)
+  x = jax.random.normal(jax.random.PRNGKey(4), (2, 19, config.width))
+  h = _rms(x, block.norm.scale[...])
+  y_mem, _ = block.mixer(h)
+  y_swa, _ = block.swa(h)
+  mixed = _rms(y_swa, block.norm_swa_out.scale[...]) * jax.nn.sigmoid(_rms(y_mem, block.norm_mem_out.scale[...]))
+  x1 = x + mixed @ block.out.kernel[...]
+  want = x1 + block.mlp(_rms(x1, block.norm_mlp.scale[...]))
+  np.testing.assert_allclose(block(x)[0], want, rtol=1e-5, atol=1e-5)
