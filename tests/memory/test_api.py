@@ -11,6 +11,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from atlas_jax.memory import Gates, MemoryConfig, init_state, memory_op, resolve_implementation
+from atlas_jax.memory.fast_weights import clip_scale
 from atlas_jax.sharding import DEFAULT_RULES, logical_rules
 from tests.helpers import compared_state, max_rel_error, memory_inputs
 
@@ -148,6 +149,11 @@ def test_max_grad_norm_clips_only_large_gradients(implementation):
   plain = run(config)
   np.testing.assert_allclose(run(dataclasses.replace(config, max_grad_norm=1e6)), plain, rtol=1e-6, atol=1e-6)
   assert float(jnp.max(jnp.abs(run(dataclasses.replace(config, max_grad_norm=1e-3)) - plain))) > 1e-3
+
+
+def test_clip_scale_is_min_one_and_bound_over_norm():
+  """Shared by every path, so checked against min(1, c / ‖g‖) itself: ‖g‖² = 16, 1, 0 with c = 2."""
+  np.testing.assert_allclose(clip_scale(jnp.array([16.0, 1.0, 0.0]), 2.0), [0.5, 1.0, 1.0], rtol=1e-7)
 
 
 def test_max_grad_norm_keeps_a_diverging_memory_finite():

@@ -56,7 +56,7 @@ def test_polynomial_kernel_identity(degree, drop_constant):
 
 
 def test_feature_dim_of_degree_two():
-  assert feature_dim(MemoryConfig(feature_map="polynomial", degree=2), 64) == 2145
+  assert feature_dim(MemoryConfig(feature_map="polynomial", degree=2), 64) == 1 + 64 + 64 * 65 // 2  # degrees 0, 1, 2
   assert feature_dim(MemoryConfig(feature_map="identity"), 64) == 64
 
 
@@ -72,6 +72,29 @@ def test_newton_schulz_is_near_orthogonal(shape):
   np.testing.assert_allclose(newton_schulz(jnp.swapaxes(x, -1, -2), 5), jnp.swapaxes(out, -1, -2), atol=1e-5)
   # Scale-free: NS(cX) = NS(X).
   np.testing.assert_allclose(newton_schulz(10.0 * x, 5), out, atol=1e-4)
+
+
+def _numpy_ns(x: np.ndarray, k: int) -> np.ndarray:
+  """SPEC §3.5 literally, in float64 numpy, for one matrix."""
+  a, b, c = 3.4445, -4.7750, 2.0315
+  wide = x if x.shape[0] <= x.shape[1] else x.T
+  wide = wide / (np.linalg.norm(wide) + 1e-7)
+  for _ in range(k):
+    gram = wide @ wide.T
+    wide = a * wide + (b * gram + c * gram @ gram) @ wide
+  return wide if x.shape[0] <= x.shape[1] else wide.T
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_newton_schulz_equals_the_spec_iteration(steps):
+  """The reference and the xla path share newton_schulz, so comparing them cannot see a wrong iteration count or
+  coefficient: check it against SPEC §3.5 written in numpy (float64, batched and both orientations)."""
+  with x64():
+    x = jax.random.normal(jax.random.PRNGKey(steps), (2, 6, 10), jnp.float64)
+    for batch in (x, jnp.swapaxes(x, -1, -2)):
+      got = np.asarray(newton_schulz(batch, steps))
+      for i in range(2):
+        np.testing.assert_allclose(got[i], _numpy_ns(np.asarray(batch[i]), steps), rtol=1e-10, atol=1e-12)
 
 
 def test_newton_schulz_of_zero_has_finite_gradient():
