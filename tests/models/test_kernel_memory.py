@@ -18,12 +18,16 @@ def _poly_kernel(coeffs):
   return lambda x, y: sum(coeffs[i] * (x @ y.T) ** i for i in range(coeffs.shape[0]))
 
 
-@pytest.mark.parametrize("config", [
+_CONFIGS = [
     MemoryConfig(kind="linear", feature_map="polynomial", bias="l2", window=3, chunk_size=4),
     MemoryConfig(kind="linear", feature_map="polynomial", bias="dot", window=1, chunk_size=1, residual=True),
     MemoryConfig(kind="mlp", feature_map="polynomial", bias="l2", window=2, chunk_size=5),
     MemoryConfig(kind="mlp", feature_map="polynomial", bias="dot", window=8, chunk_size=4, residual=False),
-], ids=("linear-l2", "linear-dot", "mlp-l2", "mlp-dot"))
+]
+_IDS = ("linear-l2", "linear-dot", "mlp-l2", "mlp-dot")
+
+
+@pytest.mark.parametrize("config", _CONFIGS, ids=_IDS)
 def test_kernel_form_equals_explicit_features(config):
   """With κ = the polynomial kernel and the φ-side weights starting at 0, both forms are the same memory."""
   with x64():
@@ -76,20 +80,57 @@ def test_kernel_form_gradients_equal_explicit_features(config):
     assert max_rel_error(grad(kernel), grad(reference)) < 1e-8
 
 
-def test_streaming_pieces_equal_one_call():
-  config = MemoryConfig(kind="mlp", bias="l2", window=3, chunk_size=4)
-  q, k, v, gates, weights, _ = memory_inputs(config, length=19, seed=5)
-  inv_t = jnp.full((2,), 2.0)
-  state0 = init_kernel_state(config, weights["W1"], 2, 2, 19, 4, 4)
-  y_one, _ = kernel_memory(q, k, v, gates, state0, config, exp_kernel, inv_t, static_position=0)
-  state, ys, begin = state0, [], 0
-  for end in (1, 6, 7, 13, 19):
-    piece = lambda x: x[:, begin:end]
-    y, state = jax.jit(lambda *a: kernel_memory(*a, config, exp_kernel, inv_t))(
-        piece(q), piece(k), piece(v), Gates(*(None if g is None else piece(g) for g in gates)), state)
-    ys.append(y)
-    begin = end
-  assert max_rel_error(jnp.concatenate(ys, 1), y_one) < 1e-5
+@pytest.mark.parametrize("config", _CONFIGS, ids=_IDS)
+def test_streaming_pieces_equal_the_reference(config):
+  """Decoding's path (a traced position, anchors in mid-chunk) in pieces of 1, 5, 1, 6 and 6 tokens, against the
+  explicit-feature reference in one call: outputs, final W1 and position, float64."""
+  with x64():
+    q, k, v, gates, weights, coeffs = memory_inputs(config, length=19, dtype=jnp.float64, seed=5)
+    phi_side = "W" if config.kind == "linear" else "W2"
+    weights = {**weights, phi_side: jnp.zeros_like(weights[phi_side])}
+    y_ref, s_ref = memory_op(q, k, v, gates, weights, config=config, feature_coeffs=coeffs,
+                             implementation="reference")
+    batch, length, heads, key_dim = q.shape
+    state = init_kernel_state(config, weights.get("W1"), batch, heads, length, key_dim, v.shape[-1])
+    state = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, state)
+    if config.kind == "mlp":  # W1 in float64, as the reference's
+      w1_rows = jnp.broadcast_to(weights["W1"], (batch,) + weights["W1"].shape)
+      state = state._replace(w1=w1_rows, anchor_w1=w1_rows)
+    step = jax.jit(lambda *a: kernel_memory(*a, config, _poly_kernel, coeffs))
+    ys, begin = [], 0
+    for end in (1, 6, 7, 13, 19):
+      piece = lambda x: x[:, begin:end]
+      y, state = step(piece(q), piece(k), piece(v), Gates(*(None if g is None else piece(g) for g in gates)), state)
+      ys.append(y)
+      begin = end
+    assert max_rel_error(jnp.concatenate(ys, 1), y_ref) < 1e-8
+    assert int(state.position) == length
+    if config.kind == "mlp":
+      assert max_rel_error(state.w1, s_ref.weights["W1"]) < 1e-8
+
+
+def test_linear_l2_with_one_slot_is_the_delta_rule_transformer():
+  """SPEC §4: linear, l2, W = C = 1, α ≡ γ ≡ 1: u_i = η_i (v_i − Σ_{j<i} u_j κ(k_j, k_i)), y_t = Σ_{i≤t} u_i κ(k_i, q_t)."""
+  config = MemoryConfig(kind="linear", bias="l2", window=1, chunk_size=1, residual=False)
+  with x64():
+    q, k, v, gates, _, _ = memory_inputs(config, length=13, dtype=jnp.float64, seed=4)
+    gates = gates._replace(log_alpha=jnp.zeros_like(gates.log_alpha), gamma=jnp.ones_like(gates.gamma))
+    inv_t = jnp.asarray([0.7, 1.3])
+    batch, length, heads, dim = q.shape
+    state = init_kernel_state(config, None, batch, heads, length, dim, dim)
+    state = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, state)
+    y, _ = kernel_memory(q, k, v, gates, state, config, exp_kernel, inv_t, static_position=0)
+    qn, kn, vn, eta = (np.asarray(x) for x in (q, k, v, gates.eta))
+    want = np.zeros_like(vn)
+    for b in range(batch):
+      for h in range(heads):
+        kappa = lambda x, z: np.exp(inv_t[h] * (x @ z))
+        u = np.zeros((length, dim))
+        for i in range(length):
+          u[i] = eta[b, i, h] * (vn[b, i, h] - sum(u[j] * kappa(kn[b, j, h], kn[b, i, h]) for j in range(i)))
+        for t in range(length):
+          want[b, t, h] = sum(u[i] * kappa(kn[b, i, h], qn[b, t, h]) for i in range(t + 1))
+    np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-10)
 
 
 def test_normalized_linear_dot_is_causal_softmax_attention():
