@@ -51,7 +51,7 @@ def test_splits_match_one_call(config, implementation, split):
     np.testing.assert_allclose(np.asarray(s_split.window_gamma), np.asarray(s_one.window_gamma), atol=1e-12)
 
 
-def test_block_size_does_not_change_the_result():
+def test_block_size_and_head_groups_do_not_change_the_result():
   config = MemoryConfig(kind="mlp", window=3, chunk_size=8, momentum=True, muon=True)
   with x64():
     inputs = memory_inputs(config, length=29, dtype=jnp.float64)
@@ -59,6 +59,10 @@ def test_block_size_does_not_change_the_result():
     for block in (1, 2, 4):
       sub = memory_op(*inputs[:5], config=config, feature_coeffs=inputs[5], implementation="xla", block_size=block)
       assert max_rel_error((sub[0], compared_state(sub[1])), (full[0], compared_state(full[1]))) < 1e-10
+    # Independent scans over groups of heads: the same per-head results.
+    assert inputs[0].shape[2] == 2
+    grouped = memory_op(*inputs[:5], config=config, feature_coeffs=inputs[5], implementation="xla", head_groups=2)
+    assert max_rel_error((grouped[0], compared_state(grouped[1])), (full[0], compared_state(full[1]))) < 1e-10
 
 
 @pytest.mark.parametrize("config", [
