@@ -78,6 +78,8 @@ class Attention(nnx.Module):
     return (y if self.out is None else self.out(y)), cache
 
   def _write(self, cache: KVCache, k, v, positions) -> KVCache:
+    if k.shape[1] == 0:  # an empty piece leaves the cache as it is
+      return cache
     slots = cache.k.shape[1]
     keep = min(k.shape[1], slots)  # only the last `slots` new tokens can survive in the cache
     k, v, positions = k[:, -keep:], v[:, -keep:], positions[-keep:]

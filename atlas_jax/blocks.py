@@ -16,7 +16,7 @@ import jax
 from flax import nnx
 
 from atlas_jax.attention import Attention
-from atlas_jax.config import BLOCK_TYPES, ModelConfig
+from atlas_jax.config import ModelConfig
 from atlas_jax.layers import Dense, RMSNorm, SwiGLU, check_activations
 from atlas_jax.memory_layer import MemoryLayer
 from atlas_jax.sharding import constrain
@@ -28,6 +28,7 @@ class Block(nnx.Module):
   """One layer of type `block_type` (see the module docstring)."""
 
   def __init__(self, config: ModelConfig, block_type: str, *, rngs: nnx.Rngs):
+    config.check_block(block_type)  # `config.blocks` need not list this type: check it here
     width = config.width
     kw = dict(rngs=rngs, dtype=config.jnp_dtype, param_dtype=config.jnp_param_dtype)
     attn = lambda window, project_out=True: Attention(width, config.num_heads, window=window,
@@ -51,18 +52,18 @@ class Block(nnx.Module):
       self.mixer = MemoryLayer(config, rngs=rngs)
       swa = attn(config.swa_window)
       self.norm_swa_in = RMSNorm(width, **kw)
-    else:
-      raise ValueError(f"unknown block type {block_type!r}; expected one of {BLOCK_TYPES}.")
     self.swa = swa
     self.mlp = SwiGLU(width, config.mlp_hidden, **kw) if config.mlp_hidden else None
     self.norm_mlp = RMSNorm(width, **kw) if config.mlp_hidden else None
 
   def init_cache(self, batch: int, max_length: int):
+    """(mixer cache, sliding-window attention cache or None): what ``__call__`` takes and returns as `cache`.
+    `max_length` bounds the positions a full-attention or kernel-memory cache holds."""
     swa = None if self.swa is None else self.swa.init_cache(batch, max_length)
     return (self.mixer.init_cache(batch, max_length), swa)
 
   def __call__(self, x: jax.Array, cache=None):
-    """x [B, T, D] → (x [B, T, D], cache or None)."""
+    """x [B, T, D] → (x [B, T, D], the updated cache, or None without one); cache: ``init_cache``'s pair."""
     check_activations(x, self.width, f"Block({self.block_type!r})")
     mixer_cache, swa_cache = (None, None) if cache is None else cache
     h = self.norm(x)

@@ -79,9 +79,6 @@ class ModelConfig:
       object.__setattr__(self, "blocks", tuple(self.blocks))
     if len(self.blocks) != self.num_layers:
       raise ValueError(f"blocks has {len(self.blocks)} entries; num_layers={self.num_layers}.")
-    for b in self.blocks:
-      if b not in BLOCK_TYPES:
-        raise ValueError(f"unknown block type {b!r}; expected one of {BLOCK_TYPES}.")
     for name in ("vocab_size", "width", "num_heads", "memory_heads", "memory_head_dim", "conv_width"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name}={getattr(self, name)}; expected ≥ 1.")
@@ -102,24 +99,32 @@ class ModelConfig:
     if self.scan_layers and len(set(self.blocks)) > 1:
       raise ValueError("scan_layers=True needs every layer to have the same block type; got "
                        f"{sorted(set(self.blocks))}.")
-    if "mag" in self.blocks and self.memory_heads * self.memory_head_dim != self.width:
-      raise ValueError("MAG gates attention with the memory output: memory_heads · memory_head_dim must equal "
-                       f"width ({self.memory_heads}·{self.memory_head_dim} ≠ {self.width}).")
-    if set(self.blocks) & {"attention", "swa", "mag", "mal"} and self.head_dim % 2:
-      raise ValueError(f"attention heads of width {self.width} / {self.num_heads} = {self.head_dim}: RoPE rotates "
-                       "channel pairs, so the head dimension must be even.")
-    if "kernel_memory" in self.blocks:  # its checks at construction, not at the first call
-      kernel_memory.check_config(self.memory, self.kernel_normalized)
-      if self.memory.feature_map != "identity":
-        raise ValueError(f"feature_map={self.memory.feature_map!r} with a kernel_memory block: the exponential "
-                         "kernel is that block's feature map (SPEC.md §4), and the memory config is shared by "
-                         "every memory block; use feature_map='identity'.")
-    elif self.kernel_normalized:
+    for block_type in sorted(set(self.blocks)):
+      self.check_block(block_type)
+    if self.kernel_normalized and "kernel_memory" not in self.blocks:
       raise ValueError("kernel_normalized applies to kernel_memory blocks, and this model has none.")
     if self.swa_window < 1:
       raise ValueError(f"swa_window={self.swa_window}; expected ≥ 1 (tokens each position attends to).")
     if self.eta_init is not None and not 0.0 < self.eta_init < 1.0:
       raise ValueError(f"eta_init={self.eta_init} is σ(η's initial bias); expected a share of eta_max in (0, 1).")
+
+  def check_block(self, block_type: str) -> None:
+    """Refuses settings that a `block_type` layer cannot run with. Run for every layer type of the model, and by
+    ``Block`` and ``MemoryLayer`` themselves, which may be built with any config."""
+    if block_type not in BLOCK_TYPES:
+      raise ValueError(f"unknown block type {block_type!r}; expected one of {BLOCK_TYPES}.")
+    if block_type == "mag" and self.memory_heads * self.memory_head_dim != self.width:
+      raise ValueError("MAG gates attention with the memory output: memory_heads · memory_head_dim must equal "
+                       f"width ({self.memory_heads}·{self.memory_head_dim} ≠ {self.width}).")
+    if block_type in ("attention", "swa", "mag", "mal") and self.head_dim % 2:
+      raise ValueError(f"attention heads of width {self.width} / {self.num_heads} = {self.head_dim}: RoPE rotates "
+                       "channel pairs, so the head dimension must be even.")
+    if block_type == "kernel_memory":  # its checks at construction, not at the first call
+      kernel_memory.check_config(self.memory, self.kernel_normalized)
+      if self.memory.feature_map != "identity":
+        raise ValueError(f"feature_map={self.memory.feature_map!r} with a kernel_memory block: the exponential "
+                         "kernel is that block's feature map (SPEC.md §4), and the memory config is shared by "
+                         "every memory block; use feature_map='identity'.")
 
   def inner_lr_max(self, kernel: bool) -> float:
     """η_max actually used (see ``eta_max``) by a finite memory layer, or with `kernel` a kernel memory's."""

@@ -40,6 +40,11 @@ class MemoryLayer(nnx.Module):
   """Projections, conv, gates and output path around the memory; owns Φ_init and the φ coefficients."""
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, kernel: bool = False, project_out: bool = True):
+    """kernel: the exponential-kernel memory of SPEC §4 (DeepTransformers, Dot) instead of the finite one.
+    project_out: end with the output projection to width D; without it (MAG, which projects after its gate) the
+    output is [B, T, H·V]."""
+    if kernel:
+      config.check_block("kernel_memory")
     mem = config.memory
     width, heads, dim = config.width, config.memory_heads, config.memory_head_dim
     kw = dict(rngs=rngs, dtype=config.jnp_dtype, param_dtype=config.jnp_param_dtype)
@@ -77,6 +82,8 @@ class MemoryLayer(nnx.Module):
     return {name: getattr(self, f"init_{name}")[...].astype(jnp.float32) for name in self.weight_names}
 
   def init_cache(self, batch: int, max_length: int) -> MemoryCache:
+    """The streaming state before the first token: the convolution's last inputs and the memory state.
+    `max_length` sizes the kernel memory's key cache (the positions it can hold); finite memories ignore it."""
     conv = self.conv.init_state(batch)
     if self.kernel:
       w1 = self._init_weights().get("W1")
@@ -91,6 +98,10 @@ class MemoryLayer(nnx.Module):
     config, mem = self.config, self.config.memory
     check_activations(x, config.width, "MemoryLayer")
     batch, length, _ = x.shape
+    if cache is not None and (not isinstance(cache, MemoryCache) or cache.conv.shape[0] != batch):
+      got = f"batch {cache.conv.shape[0]}" if isinstance(cache, MemoryCache) else type(cache).__name__
+      raise ValueError(f"MemoryLayer: the cache must be this layer's init_cache(batch={batch}, …) or a cache it "
+                       f"returned; got {got}.")
     qkv, conv_state = self.conv(self.qkv(x), None if cache is None else cache.conv)
     # Head-major channels (h, {q, k, v}, d): a tensor axis that splits the channels gives each device whole heads.
     qkv = jax.nn.silu(qkv).reshape(batch, length, self.heads, 3, self.dim)

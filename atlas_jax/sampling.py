@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -15,16 +16,26 @@ from flax import nnx
 
 from atlas_jax.model import AtlasLM, check_tokens
 
+MIN_TEMPERATURE = 1e-6
+
+
+def _check_sampling(temperature, top_k, top_p) -> tuple[float, int, float]:
+  """The sampling settings as Python numbers (they are static in the decode loop), or a ValueError."""
+  if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
+    raise ValueError(f"top_k={top_k!r}; expected an integer ≥ 0 (0 keeps every token).")
+  temperature, top_p = float(temperature), float(top_p)
+  if not (math.isfinite(temperature) and (temperature == 0.0 or temperature >= MIN_TEMPERATURE)):
+    raise ValueError(f"temperature={temperature}; expected 0 (greedy) or a finite value ≥ {MIN_TEMPERATURE} (below "
+                     "it, logits / temperature overflow float32 and sampling stops meaning anything).")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p={top_p}; expected 0 < top_p ≤ 1 (1 keeps every token).")
+  return temperature, int(top_k), top_p
+
 
 def sample_logits(logits: jax.Array, key: jax.Array, temperature: float = 1.0, top_k: int = 0,
                   top_p: float = 1.0) -> jax.Array:
   """Sample ids from logits [B, vocab]. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
-  if not (math.isfinite(temperature) and temperature >= 0.0):
-    raise ValueError(f"temperature={temperature}; expected a finite value ≥ 0 (0 is greedy).")
-  if not 0.0 < top_p <= 1.0:
-    raise ValueError(f"top_p={top_p}; expected 0 < top_p ≤ 1 (1 keeps every token).")
-  if top_k < 0:
-    raise ValueError(f"top_k={top_k}; expected ≥ 0 (0 keeps every token).")
+  temperature, top_k, top_p = _check_sampling(temperature, top_k, top_p)
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits.astype(jnp.float32) / temperature
@@ -63,12 +74,18 @@ def _prefill(graphdef, state, prompt, cache):
 
 def generate(model: AtlasLM, prompt: jax.Array, max_new_tokens: int, key: jax.Array, *, temperature: float = 1.0,
              top_k: int = 0, top_p: float = 1.0) -> jax.Array:
-  """Continue `prompt` [B, T] by `max_new_tokens` sampled tokens → [B, T + max_new_tokens]."""
+  """Continue `prompt` [B, T] by `max_new_tokens` sampled tokens → [B, T + max_new_tokens].
+
+  Every row continues from position T: rows of different lengths need separate calls (there is no padding mask).
+  """
   prompt = jnp.asarray(prompt)
   if prompt.ndim != 2 or prompt.shape[1] == 0:
     raise ValueError(f"prompt must be [B, T] with T ≥ 1; got shape {prompt.shape}.")
   check_tokens(prompt, model.config.vocab_size)
-  if max_new_tokens <= 0:
+  if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
+    raise ValueError(f"max_new_tokens={max_new_tokens!r}; expected an integer ≥ 0.")
+  temperature, top_k, top_p = _check_sampling(temperature, top_k, top_p)  # before the prefill's compile
+  if max_new_tokens == 0:
     return prompt
   batch, length = prompt.shape
   cache = model.init_cache(batch, length + max_new_tokens)

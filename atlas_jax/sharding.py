@@ -66,12 +66,22 @@ def divisible_spec(spec: PartitionSpec, shape, mesh_shape) -> PartitionSpec:
 
 
 def logical_to_spec(axes: tuple[str | None, ...], rules: Rules | None = None) -> PartitionSpec:
-  """PartitionSpec for logical `axes` under `rules` (unknown names and None are replicated)."""
+  """PartitionSpec for logical `axes` under `rules` (unknown names and None are replicated).
+
+  Inside a mesh context, a rule that names an axis the mesh lacks is an error (not silently replicated: it is
+  most often a typo, or DEFAULT_RULES, which name data, fsdp and tensor, used with a mesh of other axes).
+  """
   table = dict(rules if rules is not None else (_RULES.get() or ()))
+  mesh_axes = jax.sharding.get_abstract_mesh().axis_names
   used: set[str] = set()
   spec = []
   for name in axes:
     target = table.get(name) if name is not None else None
+    missing = [n for n in axis_names(target) if mesh_axes and n not in mesh_axes]
+    if missing:
+      raise ValueError(f"the logical axis rules map {name!r} to mesh axes {list(axis_names(target))}, but the "
+                       f"mesh has axes {list(mesh_axes)}: give logical_rules(...) rules that name only this "
+                       "mesh's axes.")
     names = tuple(n for n in axis_names(target) if n not in used)  # a mesh axis may shard only one dimension
     used.update(names)
     spec.append(spec_entry(names))

@@ -7,6 +7,7 @@ import contextlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from atlas_jax.memory.testing import memory_inputs  # noqa: F401  (re-exported for the tests)
 
@@ -29,3 +30,13 @@ def max_rel_error(a, b) -> float:
 def compared_state(state):
   """The parts of a state that every implementation must agree on (SPEC.md §5)."""
   return (state.weights, state.anchor, state.momentum, state.position)
+
+
+def perturbed(module, seed: int):
+  """Random offsets on the parameters that start constant (gate biases, norm and output scales), so that every
+  one of them shows in the outputs: θ's gate reading γ's column, say, must change the result."""
+  key = jax.random.PRNGKey(seed)
+  for i, (path, p) in enumerate(nnx.to_flat_state(nnx.state(module, nnx.Param))):
+    if path[-1] in ("bias", "y_scale", "scale"):
+      p.set_value(p[...] + 0.5 * jax.random.normal(jax.random.fold_in(key, i), p.shape))
+  return module

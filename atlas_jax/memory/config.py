@@ -8,6 +8,7 @@ speed knob.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Literal
 
 MemoryKind = Literal["linear", "mlp", "gated_mlp"]
@@ -72,12 +73,14 @@ class MemoryConfig:
     _check_choice("feature_map", self.feature_map, ("identity", "polynomial"))
     _check_choice("bias", self.bias, ("l2", "dot"))
     _check_choice("granularity", self.granularity, ("token", "chunk"))
+    for name in ("window", "chunk_size", "ns_steps", "degree"):
+      value = getattr(self, name)
+      integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+      if not integer or value < (0 if name == "ns_steps" else 1):
+        raise ValueError(f"MemoryConfig.{name}={value!r}; expected a positive integer.")
+      object.__setattr__(self, name, int(value))  # a NumPy integer from a sweep becomes a plain (hashable) int
     if self.feature_map == "polynomial" and not 1 <= self.degree <= 3:
       raise ValueError(f"MemoryConfig.degree={self.degree}; polynomial features support degree 1..3.")
-    for name in ("window", "chunk_size", "ns_steps"):
-      value = getattr(self, name)
-      if not isinstance(value, int) or value < (0 if name == "ns_steps" else 1):
-        raise ValueError(f"MemoryConfig.{name}={value!r}; expected a positive integer.")
     if self.max_grad_norm is not None and not (isinstance(self.max_grad_norm, (int, float))
                                                and self.max_grad_norm > 0):
       raise ValueError(f"MemoryConfig.max_grad_norm={self.max_grad_norm!r}; expected None or a number > 0.")

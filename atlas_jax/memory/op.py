@@ -21,7 +21,7 @@ from atlas_jax.memory.config import MemoryConfig
 from atlas_jax.memory.feature_maps import feature_dim
 from atlas_jax.memory.reference import reference_memory
 from atlas_jax.memory.sharded import mesh_context_size, per_block
-from atlas_jax.memory.state import Gates, MemoryState, init_state
+from atlas_jax.memory.state import Gates, MemoryState, check_weights, init_state
 
 Implementation = Literal["auto", "reference", "xla", "pallas"]
 IMPLEMENTATIONS = ("auto", "reference", "xla", "pallas")
@@ -78,7 +78,7 @@ def resolve_implementation(implementation: str, config: MemoryConfig, **call) ->
   return explain_implementation(implementation, config, **call)[0]
 
 
-def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, feature_coeffs):
+def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, feature_coeffs, state):
   if q.ndim != 4 or k.shape != q.shape or v.ndim != 4 or v.shape[:3] != q.shape[:3]:
     raise ValueError(f"expected q, k [B, T, H, K] and v [B, T, H, V]; got q {q.shape}, k {k.shape}, v {v.shape}.")
   if not all(jnp.issubdtype(x.dtype, jnp.floating) for x in (q, k, v)):
@@ -97,28 +97,33 @@ def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
     raise ValueError("config.momentum=True needs gates.log_theta (log of the momentum decay θ).")
   if config.residual and key_dim != value_dim:
     raise ValueError(f"residual memory needs K == V; got K={key_dim}, V={value_dim} (set residual=False).")
-  if set(init_weights) != set(config.weight_names):
-    raise ValueError(f"init_weights has {sorted(init_weights)}; kind={config.kind!r} needs "
-                     f"{list(config.weight_names)}.")
-
-  p = feature_dim(config, key_dim)
-  expected = {"W": (value_dim, p), "W1": (value_dim, None), "W2": (None, p), "W3": (None, p)}
-  hidden = None
-  for name, w in init_weights.items():
-    rows, cols = expected[name]
-    if w.ndim != 3 or w.shape[0] != heads:
-      raise ValueError(f"init_weights[{name!r}] has shape {w.shape}; expected [H={heads}, m, n].")
-    if (rows is not None and w.shape[1] != rows) or (cols is not None and w.shape[2] != cols):
-      raise ValueError(f"init_weights[{name!r}] has shape {w.shape}; expected [H, {rows or 'F'}, {cols or 'F'}] "
-                       f"(V={value_dim}, P={p}).")
-    f = w.shape[2] if name == "W1" else (w.shape[1] if name in ("W2", "W3") else None)
-    if f is not None and hidden is not None and f != hidden:
-      raise ValueError(f"MLP hidden widths disagree across init_weights: {f} vs {hidden}.")
-    hidden = f if f is not None else hidden
+  check_weights(init_weights, config, heads, key_dim, value_dim)
   if config.feature_map == "polynomial":
     if feature_coeffs is None or feature_coeffs.shape != (heads, config.num_coeffs):
       got = None if feature_coeffs is None else feature_coeffs.shape
       raise ValueError(f"polynomial φ needs feature_coeffs [H, p+1] = {(heads, config.num_coeffs)}; got {got}.")
+  if state is not None:
+    _check_state(state, init_weights, config, batch, heads, key_dim, value_dim)
+
+
+def _check_state(state: MemoryState, init_weights, config: MemoryConfig, batch, heads, key_dim, value_dim):
+  """A state made for another config, batch, head count or width is named here, not deep in the scan."""
+  if not isinstance(state, MemoryState):
+    raise ValueError(f"state must be the MemoryState a previous call returned (or init_state's); got "
+                     f"{type(state).__name__}.")
+  if set(state.weights) != set(init_weights):
+    raise ValueError(f"state holds weights {sorted(state.weights)}, but kind={config.kind!r} has "
+                     f"{sorted(init_weights)}: a state of another memory config.")
+  carry = config.window - 1
+  expected = {f"weights[{name!r}]": (state.weights[name].shape, (batch, heads) + w.shape[1:])
+              for name, w in init_weights.items()}
+  expected["window_k"] = (state.window_k.shape, (batch, heads, carry, key_dim))
+  expected["window_v"] = (state.window_v.shape, (batch, heads, carry, value_dim))
+  for name, (got, want) in expected.items():
+    if tuple(got) != want:
+      raise ValueError(f"state.{name} has shape {tuple(got)}; this call needs {want} ([B, H, …] with B={batch}, "
+                       f"H={heads}, K={key_dim}, V={value_dim}, W − 1={carry}): the state was made for another "
+                       "batch, head count, width or window.")
 
 
 def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weights: dict[str, jax.Array], *,
@@ -132,7 +137,8 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
     v: values [B, T, H, V].
     gates: per-token gates [B, T, H] (see ``Gates``), float32 recommended.
     init_weights: Φ_init, {name: [H, m, n]} — ``W`` [H, V, P] (linear) or ``W1`` [H, V, F], ``W2`` [H, F, P]
-      (and ``W3`` [H, F, P] for gated_mlp). Used only when ``state`` is None.
+      (and ``W3`` [H, F, P] for gated_mlp). The initial state when ``state`` is None; always required (it
+      fixes the shapes, and is checked against ``state``).
     config: the static memory definition.
     feature_coeffs: polynomial φ coefficients a [H, p+1] (non-negative); None for the identity map.
     state: the state returned by a previous call; None starts a sequence at position 0.
@@ -151,7 +157,7 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
     y [B, T, H, V] in q's dtype (y_t = M(q_t; Φ_t), read after write), and the state after the last token.
     Fast weights, momentum and all inner-loop work are float32 whatever the input dtype.
   """
-  _check_inputs(q, k, v, gates, init_weights, config, feature_coeffs)
+  _check_inputs(q, k, v, gates, init_weights, config, feature_coeffs, state)
   dtype = next(iter(init_weights.values())).dtype if state is None else state.window_k.dtype
   impl = resolve_implementation(implementation, config, fresh_state=state is None,
                                 dtype=jnp.promote_types(q.dtype, dtype), key_dim=q.shape[-1])

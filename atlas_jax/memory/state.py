@@ -10,6 +10,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from atlas_jax.memory.config import MemoryConfig
+from atlas_jax.memory.feature_maps import feature_dim
 
 Weights = dict[str, jnp.ndarray]
 
@@ -56,12 +57,36 @@ def state_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+def check_weights(init_weights: Weights, config: MemoryConfig, heads: int, key_dim: int, value_dim: int) -> None:
+  """Φ_init {name: [H, m, n]} must have the config's names and the shapes of K, V (through φ) and one hidden F."""
+  if set(init_weights) != set(config.weight_names):
+    raise ValueError(f"init_weights has {sorted(init_weights)}; kind={config.kind!r} needs "
+                     f"{list(config.weight_names)}.")
+  p = feature_dim(config, key_dim)
+  expected = {"W": (value_dim, p), "W1": (value_dim, None), "W2": (None, p), "W3": (None, p)}
+  hidden = None
+  for name, w in init_weights.items():
+    rows, cols = expected[name]
+    if w.ndim != 3 or w.shape[0] != heads:
+      raise ValueError(f"init_weights[{name!r}] has shape {w.shape}; expected [H={heads}, m, n].")
+    if (rows is not None and w.shape[1] != rows) or (cols is not None and w.shape[2] != cols):
+      raise ValueError(f"init_weights[{name!r}] has shape {w.shape}; expected [H, {rows or 'F'}, {cols or 'F'}] "
+                       f"(V={value_dim}, P={p}).")
+    f = w.shape[2] if name == "W1" else (w.shape[1] if name in ("W2", "W3") else None)
+    if f is not None and hidden is not None and f != hidden:
+      raise ValueError(f"MLP hidden widths disagree across init_weights: {f} vs {hidden}.")
+    hidden = f if f is not None else hidden
+
+
 def init_state(config: MemoryConfig, init_weights: Weights, batch_size: int, key_dim: int,
                value_dim: int) -> MemoryState:
   """The state before the first token: Φ = A = Φ_init (per head, [H, m, n]) broadcast over B; S = 0.
 
+  key_dim K and value_dim V are those of the q, k and v the state will be used with; Φ_init's shapes must
+  agree with them (W [H, V, P] with P = feature_dim(config, K), or W1 [H, V, F] and W2, W3 [H, F, P]).
   The state's dtype is float32, or float64 when Φ_init is float64 (used by the equivalence tests).
   """
+  check_weights(init_weights, config, next(iter(init_weights.values())).shape[0], key_dim, value_dim)
   dtype = state_dtype(next(iter(init_weights.values())).dtype)
   weights = {
       name: jnp.broadcast_to(w.astype(dtype), (batch_size,) + w.shape)

@@ -138,6 +138,28 @@ def test_bad_options_raise_clear_errors():
     MemoryConfig(feature_map="polynomial", degree=4)
   with pytest.raises(ValueError, match="max_grad_norm=0"):
     MemoryConfig(max_grad_norm=0)
+  assert MemoryConfig(chunk_size=np.int64(8)).chunk_size == 8  # sweep values from NumPy are taken as ints
+  with pytest.raises(ValueError, match="chunk_size=True"):
+    MemoryConfig(chunk_size=True)
+
+
+def test_a_state_of_another_call_is_named():
+  """A streaming state made for another batch, window, memory kind or width fails with the field's name, not a
+  broadcasting error inside the scan."""
+  q, k, v, gates, weights, coeffs = memory_inputs(ATLAS, length=6)
+  _, state = memory_op(q, k, v, gates, weights, config=ATLAS, feature_coeffs=coeffs)
+  first = lambda x: None if x is None else x[:1]
+  with pytest.raises(ValueError, match=r"state.weights\['W1'\] has shape \(2, 2, 4, 8\); this call needs \(1,"):
+    memory_op(first(q), first(k), first(v), Gates(*map(first, gates)), weights, config=ATLAS,
+              feature_coeffs=coeffs, state=state)
+  with pytest.raises(ValueError, match="state.window_k has shape"):
+    memory_op(q, k, v, gates, weights, config=dataclasses.replace(ATLAS, window=1), feature_coeffs=coeffs,
+              state=state)
+  linear = MemoryConfig(kind="linear", window=ATLAS.window, chunk_size=ATLAS.chunk_size)
+  with pytest.raises(ValueError, match="a state of another memory config"):
+    memory_op(q, k, v, gates, {"W": jnp.zeros((2, 4, 4))}, config=linear, state=state)
+  with pytest.raises(ValueError, match=r"init_weights\['W2'\] has shape"):
+    init_state(ATLAS, weights, 2, 99, 4)  # K = 99 does not match the weights
 
 
 @pytest.mark.parametrize("implementation", ["reference", "xla"])

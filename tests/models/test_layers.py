@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from atlas_jax.layers import Dense, ShortConv
+from tests.helpers import perturbed
 
 
 def _plain_conv(x, state, kernel):
@@ -50,16 +51,6 @@ def test_dense_on_three_axes_matches_einsum():
 # ------------------------------------------------------------------ the memory layer and MAG block (SPEC §6)
 
 
-def _perturbed(module, seed: int):
-  """Random offsets on the parameters that start constant (gate biases, norm and output scales), so that every
-  one of them shows in the outputs: θ's gate reading γ's column, say, must change the result."""
-  keys = iter(jax.random.split(jax.random.PRNGKey(seed), 64))
-  for path, p in nnx.to_flat_state(nnx.state(module, nnx.Param)):
-    if path[-1] in ("bias", "y_scale", "scale"):
-      p.set_value(p[...] + 0.5 * jax.random.normal(next(keys), p.shape))
-  return module
-
-
 def _rms(z, scale=1.0):
   return z * jax.lax.rsqrt(jnp.mean(z * z, axis=-1, keepdims=True) + 1e-6) * scale
 
@@ -94,7 +85,7 @@ def test_memory_layer_equals_its_formula(preset, seed):
   from atlas_jax.memory_layer import MemoryLayer
   from atlas_jax.presets import get_preset
   config = get_preset(preset, "tiny", memory_heads=2, memory_head_dim=8, width=32, num_heads=2)
-  layer = _perturbed(MemoryLayer(config, rngs=nnx.Rngs(seed)), seed)
+  layer = perturbed(MemoryLayer(config, rngs=nnx.Rngs(seed)), seed)
   x = jax.random.normal(jax.random.PRNGKey(seed + 10), (2, 21, 32))
   y, _ = layer(x)
   want = _memory_layer_formula(layer, config, x)
@@ -106,7 +97,7 @@ def test_mag_block_equals_its_formula():
   from atlas_jax.blocks import Block
   from atlas_jax.presets import get_preset
   config = get_preset("atlas_mag", "tiny")
-  block = _perturbed(Block(config, "mag", rngs=nnx.Rngs(3)), 3)
+  block = perturbed(Block(config, "mag", rngs=nnx.Rngs(3)), 3)
   x = jax.random.normal(jax.random.PRNGKey(4), (2, 19, config.width))
   h = _rms(x, block.norm.scale[...])
   y_mem, _ = block.mixer(h)

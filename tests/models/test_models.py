@@ -15,6 +15,7 @@ from atlas_jax.config import ModelConfig
 from atlas_jax.model import AtlasLM
 from atlas_jax.presets import PRESETS, count_params, get_preset
 from atlas_jax.sampling import generate, sample_logits
+from tests.helpers import perturbed
 
 
 def _tokens(batch=2, length=20, vocab=256, seed=1):
@@ -23,17 +24,20 @@ def _tokens(batch=2, length=20, vocab=256, seed=1):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_prefill_then_decode_equals_full_forward(name):
-  model = AtlasLM(get_preset(name, "tiny"), rngs=nnx.Rngs(0))
-  tokens = _tokens(length=21)
+  """Pieces of 1, 0, 17 (more than the window of 16 and two chunks of 8, from a position known only at run time),
+  3 and then single tokens, into a cache of exactly T = 26 positions; gates, norms and scales perturbed off their
+  constant initial values."""
+  model = perturbed(AtlasLM(get_preset(name, "tiny"), rngs=nnx.Rngs(0)), 1)
+  tokens = _tokens(length=26)
   full, none_cache = model(tokens)
-  assert full.shape == (2, 21, 256) and full.dtype == jnp.float32 and none_cache is None
-  cache = model.init_cache(2, 32)
+  assert full.shape == (2, 26, 256) and full.dtype == jnp.float32 and none_cache is None
+  cache = model.init_cache(2, 26)
   step = nnx.jit(lambda model, tokens, cache: model(tokens, cache))
-  logits, cache = step(model, tokens[:, :11], cache)
-  pieces = [logits]
-  for t in range(11, 21):
-    logits, cache = step(model, tokens[:, t:t + 1], cache)
+  pieces, begin = [], 0
+  for size in (1, 0, 17, 3) + (1,) * 5:
+    logits, cache = step(model, tokens[:, begin:begin + size], cache)
     pieces.append(logits)
+    begin += size
   np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, atol=2e-4, rtol=2e-4)
 
 
@@ -147,24 +151,41 @@ def test_sampling_filters():
   assert set(draw(top_p=0.7)) <= {0, 1}  # 0.5 + 0.3 reaches 0.7
   assert set(draw(top_p=1e-9)) == {0}  # the most likely token is always kept
   assert len(set(draw())) >= 3
-  for bad in (dict(temperature=-1.0), dict(temperature=float("nan")), dict(top_p=0.0), dict(top_p=1.5),
-              dict(top_k=-1)):
+  for bad in (dict(temperature=-1.0), dict(temperature=float("nan")), dict(temperature=1e-45), dict(top_p=0.0),
+              dict(top_p=1.5), dict(top_k=-1), dict(top_k=2.5), dict(top_k=True)):
     with pytest.raises(ValueError, match=next(iter(bad))):
       sample_logits(logits, keys[0], **bad)
 
 
+def test_sampling_distributions_are_the_filtered_softmax():
+  """Frequencies of 20,000 draws against the exact distributions (4σ ≈ 0.014 at p = 0.5)."""
+  p = np.array([0.5, 0.3, 0.15, 0.05])
+  logits = jnp.log(jnp.asarray(p))[None]
+  keys = jax.random.split(jax.random.PRNGKey(1), 20_000)
+  sharpened = p**2 / np.sum(p**2)  # temperature 0.5: softmax(2 log p)
+  for kwargs, want in ((dict(temperature=0.5), sharpened),
+                       (dict(top_k=2), np.array([0.5, 0.3, 0, 0]) / 0.8),
+                       (dict(top_p=0.85), np.array([0.5, 0.3, 0.15, 0]) / 0.95),  # mass before 0.05's is 0.95
+                       (dict(temperature=0.5, top_k=3), np.append(sharpened[:3] / sharpened[:3].sum(), 0))):
+    draws = jax.vmap(lambda k, kw=kwargs: sample_logits(logits, k, **kw)[0])(keys)
+    np.testing.assert_allclose(np.bincount(np.asarray(draws), minlength=4) / len(keys), want, atol=0.014,
+                               err_msg=str(kwargs))
+
+
 @pytest.mark.parametrize("preset, overrides", [("atlas_mag", {}), ("atlas_mag", {"scan_layers": True, "remat": "full"}),
-                                               ("titans", {"memory_implementation": "pallas"})],
-                         ids=["unrolled", "scanned", "pallas"])
+                                               ("titans", {"memory_implementation": "pallas"}), ("swa", {}),
+                                               ("dot", {})],
+                         ids=["unrolled", "scanned", "pallas", "swa", "kernel-memory"])
 def test_generate_greedy_matches_argmax_of_full_forward(preset, overrides):
-  """Also with scanned, rematerialised layers, as every paper-size preset has them, and with the memory pinned
-  to the Pallas kernels (interpreted on CPU), which decode on the xla path."""
+  """Also with scanned, rematerialised layers, as every paper-size preset has them, with the memory pinned to the
+  Pallas kernels (interpreted on CPU), which decode on the xla path, and with a kernel memory's growing cache.
+  13 + 7 tokens: decoding wraps the sliding window's ring of 16 and crosses a memory chunk boundary."""
   model = AtlasLM(get_preset(preset, "tiny", **overrides), rngs=nnx.Rngs(0))
-  prompt = _tokens(length=5)
-  out = generate(model, prompt, 6, jax.random.PRNGKey(0), temperature=0.0)
-  assert out.shape == (2, 11)
+  prompt = _tokens(length=13)
+  out = generate(model, prompt, 7, jax.random.PRNGKey(0), temperature=0.0)
+  assert out.shape == (2, 20)
   logits, _ = model(out[:, :-1])
-  np.testing.assert_array_equal(jnp.argmax(logits[:, 4:], -1), out[:, 5:])
+  np.testing.assert_array_equal(jnp.argmax(logits[:, 12:], -1), out[:, 13:])
 
 
 def test_config_rejects_bad_values():
@@ -193,6 +214,30 @@ def test_config_rejects_bad_values():
   assert ModelConfig.from_dict(get_preset("atlas").to_dict()) == get_preset("atlas")
 
 
+def test_blocks_built_outside_a_model_check_their_own_settings():
+  """Block and MemoryLayer take any ModelConfig, whose own checks cover only the block types it lists."""
+  from atlas_jax.blocks import Block
+  from atlas_jax.memory_layer import MemoryLayer
+  atlas = get_preset("atlas", "tiny")
+  delta = get_preset("delta", "tiny")
+  polynomial = delta.replace(memory=dataclasses.replace(delta.memory, feature_map="polynomial"))
+  with pytest.raises(ValueError, match="feature_map='polynomial' with a kernel_memory block"):
+    Block(polynomial, "kernel_memory", rngs=nnx.Rngs(0))  # φ had been ignored silently
+  with pytest.raises(ValueError, match="no momentum or Muon"):
+    MemoryLayer(atlas, rngs=nnx.Rngs(0), kernel=True)
+  with pytest.raises(ValueError, match="MAG gates attention"):
+    Block(atlas.replace(memory_heads=2), "mag", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="unknown block type 'lstm'"):
+    Block(atlas, "lstm", rngs=nnx.Rngs(0))
+  layer = MemoryLayer(delta, rngs=nnx.Rngs(0))
+  x = jnp.zeros((2, 3, layer.config.width))
+  with pytest.raises(ValueError, match=r"init_cache\(batch=2, …\) or a cache it returned; got batch 3"):
+    layer(x, layer.init_cache(3, 8))
+  block = Block(delta, "memory", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="got tuple"):  # a block's cache nested once more by mistake
+    block(x, (block.init_cache(2, 8), None))
+
+
 def test_bad_token_shapes_and_prompts_are_clear():
   model = AtlasLM(get_preset("delta", "tiny"), rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match=r"tokens must be integer ids of shape \[batch, length\]; got shape \(5,\)"):
@@ -201,6 +246,12 @@ def test_bad_token_shapes_and_prompts_are_clear():
     model(jnp.ones((1, 5)))
   out = generate(model, [[1, 2, 3]], 2, jax.random.PRNGKey(0), top_k=10**6)  # a list prompt; top_k ≥ vocab
   assert out.shape == (1, 5)
+  out = generate(model, [[1, 2, 3]], 2, jax.random.PRNGKey(0), temperature=jnp.float32(0.5))  # a JAX scalar
+  assert out.shape == (1, 5)
+  for bad, match in ((dict(max_new_tokens=-1), "max_new_tokens=-1"), (dict(max_new_tokens=2.0), "max_new_tokens=2.0"),
+                     (dict(top_k=2.5), "top_k=2.5")):
+    with pytest.raises(ValueError, match=match):
+      generate(model, [[1, 2, 3]], key=jax.random.PRNGKey(0), **{"max_new_tokens": 2, **bad})
 
 
 def test_tied_embeddings_start_with_unit_logits():

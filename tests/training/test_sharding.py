@@ -49,6 +49,19 @@ def test_mesh_shape_resolution_and_errors():
     mesh_shape((1, 2, 2), 8)
 
 
+def test_rules_naming_an_axis_the_mesh_lacks_are_an_error():
+  """A user's own mesh with DEFAULT_RULES (data, fsdp, tensor): named, not a KeyError inside the memory op."""
+  model = AtlasLM(CONFIG, rngs=nnx.Rngs(0))
+  logits = nnx.jit(lambda model, tokens: model(tokens)[0])
+  tokens = jax.numpy.zeros((8, 5), jax.numpy.int32)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  with jax.set_mesh(mesh), logical_rules(DEFAULT_RULES):
+    with pytest.raises(ValueError, match=r"map '\w+' to mesh axes \[.*\], but the mesh has axes \['data'\]"):
+      logits(model, tokens)
+  with jax.set_mesh(mesh), logical_rules((("batch", "data"),)):
+    assert logits(model, tokens).shape == (8, 5, CONFIG.vocab_size)  # rules that name only its axes
+
+
 def test_ahead_of_time_compile_on_a_fake_mesh():
   compiled = compile_train_step(get_preset("atlas", "tiny", scan_layers=True, vocab_size=256), make_mesh((2, 2, 2)),
                                 DEFAULT_RULES, batch_size=8, seq_len=32, grad_accum=2)
