@@ -245,7 +245,7 @@ def test_leakage_check_warns():
 
 
 def test_sweep_counts_and_one_knob_at_a_time():
-  counts = {task: len(mad.settings(task, "full")) for task in mad.TASKS}
+  counts = {task: len(mad.settings(task, "full")) for task in mad.TASKS}  # EVALS_NOTES §1: 11/14/11/13/11/6
   assert counts == {"in-context-recall": 11, "noisy-in-context-recall": 14, "fuzzy-in-context-recall": 11,
                     "selective-copying": 13, "compression": 11, "memorization": 6}
   for task in mad.TASKS:

@@ -41,9 +41,9 @@ def test_preset_is_finite_on_long_text_at_init(name, memory_of):
 def test_eta_share_follows_the_update_rule():
   share = lambda name: get_preset(name, "tiny").initial_eta_share
   assert share("delta") == pytest.approx(0.1) and share("atlas") == pytest.approx(0.1)  # Muon bounds the step
-  assert share("titans") == pytest.approx(0.01)  # momentum without Muon, C = 8
-  assert get_preset("titans", "170m").initial_eta_share == pytest.approx(0.0025)  # C = 64
-  assert share("dla") == pytest.approx(0.003)  # dot bias, MLP memory
+  assert share("titans") == pytest.approx(0.1 * (1 - 0.9))  # momentum without Muon: × (1 − θ_init); C = 8 ≤ 16
+  assert get_preset("titans", "170m").initial_eta_share == pytest.approx(0.1 * (1 - 0.9) * 16 / 64)  # C = 64
+  assert share("dla") == pytest.approx(0.1 * 0.03)  # dot bias, MLP memory
   assert get_preset("titans", "tiny", eta_init=0.05).initial_eta_share == 0.05
   with pytest.raises(ValueError, match="eta_init"):
     get_preset("titans", "tiny", eta_init=1.0)
