@@ -25,8 +25,8 @@ def _check_sampling(temperature, top_k, top_p) -> tuple[float, int, float]:
     raise ValueError(f"top_k={top_k!r}; expected an integer ≥ 0 (0 keeps every token).")
   temperature, top_p = float(temperature), float(top_p)
   if not (math.isfinite(temperature) and (temperature == 0.0 or temperature >= MIN_TEMPERATURE)):
-    raise ValueError(f"temperature={temperature}; expected 0 (greedy) or a finite value ≥ {MIN_TEMPERATURE} (below "
-                     "it, logits / temperature overflow float32 and sampling stops meaning anything).")
+    raise ValueError(f"temperature={temperature}; expected 0 (greedy) or a finite value ≥ {MIN_TEMPERATURE} (far "
+                     "smaller ones overflow logits / temperature in float32).")
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p={top_p}; expected 0 < top_p ≤ 1 (1 keeps every token).")
   return temperature, int(top_k), top_p

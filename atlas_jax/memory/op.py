@@ -95,6 +95,12 @@ def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
       raise ValueError(f"gate {name} has shape {gate.shape}; expected [B, T, H] = {(batch, length, heads)}.")
   if config.momentum and gates.log_theta is None:
     raise ValueError("config.momentum=True needs gates.log_theta (log of the momentum decay θ).")
+  if not config.momentum and gates.log_theta is not None:
+    raise ValueError("gates.log_theta is given, but config.momentum=False would ignore it; pass None, or set "
+                     "momentum=True.")
+  if config.feature_map == "identity" and feature_coeffs is not None:
+    raise ValueError("feature_coeffs is given, but feature_map='identity' has no coefficients and would ignore "
+                     "them; pass None, or use feature_map='polynomial'.")
   if config.residual and key_dim != value_dim:
     raise ValueError(f"residual memory needs K == V; got K={key_dim}, V={value_dim} (set residual=False).")
   check_weights(init_weights, config, heads, key_dim, value_dim)

@@ -152,9 +152,9 @@ def _heads_note(model_config: ModelConfig, mesh) -> str:
   if tensor == 1 or not uneven:
     return ""
   listed = ", ".join(f"{name} = {n}" for name, n in uneven.items())
-  return (f"warning: {listed} not a multiple of the mesh's tensor axis ({tensor}): those heads are not split "
-          "over it (each device runs all of them) and their projections are resharded; pick a tensor axis that "
-          "divides the head counts.")
+  return (f"warning: the mesh's tensor axis ({tensor}) does not divide {listed}: those heads are not split over "
+          "it (each device runs all of them) and their projections are resharded; pick a tensor axis that divides "
+          "the head counts.")
 
 
 def _check_train_settings(config) -> None:

@@ -124,6 +124,17 @@ def test_bad_inputs_raise_clear_errors(change, message):
     memory_op(*args[:5], config=ATLAS, feature_coeffs=args[5])
 
 
+def test_inputs_a_config_would_ignore_are_refused():
+  """θ for a memory without momentum, φ's coefficients for the identity map: an error, not silently unused."""
+  q, k, v, gates, weights, coeffs = memory_inputs(ATLAS, length=6)
+  with pytest.raises(ValueError, match="momentum=False would ignore it"):
+    memory_op(q, k, v, gates, weights, config=dataclasses.replace(ATLAS, momentum=False, muon=False),
+              feature_coeffs=coeffs)
+  identity = dataclasses.replace(ATLAS, feature_map="identity")
+  with pytest.raises(ValueError, match="feature_map='identity' has no coefficients"):
+    memory_op(q, k, v, gates, memory_inputs(identity, length=6)[4], config=identity, feature_coeffs=coeffs)
+
+
 def test_bad_options_raise_clear_errors():
   inputs = memory_inputs(ATLAS, length=6)
   with pytest.raises(ValueError, match="implementation='fast'"):
@@ -155,7 +166,7 @@ def test_a_state_of_another_call_is_named():
   with pytest.raises(ValueError, match="state.window_k has shape"):
     memory_op(q, k, v, gates, weights, config=dataclasses.replace(ATLAS, window=1), feature_coeffs=coeffs,
               state=state)
-  linear = MemoryConfig(kind="linear", window=ATLAS.window, chunk_size=ATLAS.chunk_size)
+  linear = MemoryConfig(kind="linear", window=ATLAS.window, chunk_size=ATLAS.chunk_size, momentum=True)
   with pytest.raises(ValueError, match="a state of another memory config"):
     memory_op(q, k, v, gates, {"W": jnp.zeros((2, 4, 4))}, config=linear, state=state)
   with pytest.raises(ValueError, match=r"init_weights\['W2'\] has shape"):

@@ -110,7 +110,8 @@ def test_streaming_pieces_equal_the_reference(config):
 
 
 def test_linear_l2_with_one_slot_is_the_delta_rule_transformer():
-  """SPEC §4: linear, l2, W = C = 1, α ≡ γ ≡ 1: u_i = η_i (v_i − Σ_{j<i} u_j κ(k_j, k_i)), y_t = Σ_{i≤t} u_i κ(k_i, q_t)."""
+  """SPEC §4, linear, l2, W = C = 1, α ≡ γ ≡ 1 (the "Transformer with delta rule"):
+  u_i = η_i (v_i − Σ_{j<i} u_j κ(k_j, k_i)) and y_t = Σ_{i≤t} u_i κ(k_i, q_t)."""
   config = MemoryConfig(kind="linear", bias="l2", window=1, chunk_size=1, residual=False)
   with x64():
     q, k, v, gates, _, _ = memory_inputs(config, length=13, dtype=jnp.float64, seed=4)

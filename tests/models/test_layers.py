@@ -68,7 +68,8 @@ def _memory_layer_formula(layer, config, x):
   unit = lambda a: a / jnp.sqrt(jnp.sum(a * a, -1, keepdims=True) + 1e-6)
   q, k, v = unit(z[..., 0, :]), unit(z[..., 1, :]), z[..., 2, :]
   g = (x @ layer.gates.kernel[...] + layer.gates.bias[...]).reshape(batch, length, heads, 4)  # (α, η, θ, γ)
-  gates = Gates(log_alpha=jnp.log(jax.nn.sigmoid(g[..., 0])), eta=config.inner_lr_max(False) * jax.nn.sigmoid(g[..., 1]),
+  gates = Gates(log_alpha=jnp.log(jax.nn.sigmoid(g[..., 0])),
+                eta=config.inner_lr_max(False) * jax.nn.sigmoid(g[..., 1]),
                 log_theta=jnp.log(jax.nn.sigmoid(g[..., 2])) if config.memory.momentum else None,
                 gamma=jax.nn.sigmoid(g[..., 3]))
   weights = {name: getattr(layer, f"init_{name}")[...] for name in layer.weight_names}
