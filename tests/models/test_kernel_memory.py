@@ -27,18 +27,27 @@ _CONFIGS = [
 _IDS = ("linear-l2", "linear-dot", "mlp-l2", "mlp-dot")
 
 
+def _explicit_reference(config, length, seed):
+  """(inputs, the explicit-feature reference's (y, state), the kernel memory's float64 initial state), with the
+  φ-side weights at 0 as the kernel form has them. Call under x64."""
+  q, k, v, gates, weights, coeffs = memory_inputs(config, length=length, dtype=jnp.float64, seed=seed)
+  phi_side = "W" if config.kind == "linear" else "W2"
+  weights = {**weights, phi_side: jnp.zeros_like(weights[phi_side])}
+  reference = memory_op(q, k, v, gates, weights, config=config, feature_coeffs=coeffs, implementation="reference")
+  batch, _, heads, key_dim = q.shape
+  state = init_kernel_state(config, weights.get("W1"), batch, heads, length, key_dim, v.shape[-1])
+  state = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, state)
+  if config.kind == "mlp":  # W1 in float64, as the reference's
+    w1_rows = jnp.broadcast_to(weights["W1"], (batch,) + weights["W1"].shape)
+    state = state._replace(w1=w1_rows, anchor_w1=w1_rows)
+  return (q, k, v, gates, coeffs), reference, state
+
+
 @pytest.mark.parametrize("config", _CONFIGS, ids=_IDS)
 def test_kernel_form_equals_explicit_features(config):
   """With κ = the polynomial kernel and the φ-side weights starting at 0, both forms are the same memory."""
   with x64():
-    q, k, v, gates, weights, coeffs = memory_inputs(config, length=21, dtype=jnp.float64, seed=2)
-    phi_side = "W" if config.kind == "linear" else "W2"
-    weights = {**weights, phi_side: jnp.zeros_like(weights[phi_side])}
-    y_ref, s_ref = memory_op(q, k, v, gates, weights, config=config, feature_coeffs=coeffs,
-                             implementation="reference")
-    batch, length, heads, key_dim = q.shape
-    state = init_kernel_state(config, weights.get("W1"), batch, heads, length, key_dim, v.shape[-1])
-    state = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, state)
+    (q, k, v, gates, coeffs), (y_ref, s_ref), state = _explicit_reference(config, length=21, seed=2)
     y, s = kernel_memory(q, k, v, gates, state, config, _poly_kernel, coeffs, static_position=0)
     # Same math, different summation order ((x·y)^i vs φ(x)·φ(y)) amplified through the recurrence: 1e-8.
     assert max_rel_error(y, y_ref) < 1e-8
@@ -85,17 +94,7 @@ def test_streaming_pieces_equal_the_reference(config):
   """Decoding's path (a traced position, anchors in mid-chunk) in pieces of 1, 5, 1, 6 and 6 tokens, against the
   explicit-feature reference in one call: outputs, final W1 and position, float64."""
   with x64():
-    q, k, v, gates, weights, coeffs = memory_inputs(config, length=19, dtype=jnp.float64, seed=5)
-    phi_side = "W" if config.kind == "linear" else "W2"
-    weights = {**weights, phi_side: jnp.zeros_like(weights[phi_side])}
-    y_ref, s_ref = memory_op(q, k, v, gates, weights, config=config, feature_coeffs=coeffs,
-                             implementation="reference")
-    batch, length, heads, key_dim = q.shape
-    state = init_kernel_state(config, weights.get("W1"), batch, heads, length, key_dim, v.shape[-1])
-    state = jax.tree_util.tree_map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, state)
-    if config.kind == "mlp":  # W1 in float64, as the reference's
-      w1_rows = jnp.broadcast_to(weights["W1"], (batch,) + weights["W1"].shape)
-      state = state._replace(w1=w1_rows, anchor_w1=w1_rows)
+    (q, k, v, gates, coeffs), (y_ref, s_ref), state = _explicit_reference(config, length=19, seed=5)
     step = jax.jit(lambda *a: kernel_memory(*a, config, _poly_kernel, coeffs))
     ys, begin = [], 0
     for end in (1, 6, 7, 13, 19):
@@ -104,7 +103,7 @@ def test_streaming_pieces_equal_the_reference(config):
       ys.append(y)
       begin = end
     assert max_rel_error(jnp.concatenate(ys, 1), y_ref) < 1e-8
-    assert int(state.position) == length
+    assert int(state.position) == 19
     if config.kind == "mlp":
       assert max_rel_error(state.w1, s_ref.weights["W1"]) < 1e-8
 
