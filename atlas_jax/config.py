@@ -79,6 +79,9 @@ class ModelConfig:
       object.__setattr__(self, "blocks", tuple(self.blocks))
     if len(self.blocks) != self.num_layers:
       raise ValueError(f"blocks has {len(self.blocks)} entries; num_layers={self.num_layers}.")
+    for b in self.blocks:  # first, so a misspelt type is named before the checks that depend on the types
+      if b not in BLOCK_TYPES:
+        raise ValueError(f"unknown block type {b!r}; expected one of {BLOCK_TYPES}.")
     for name in ("vocab_size", "width", "num_heads", "memory_heads", "memory_head_dim", "conv_width"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name}={getattr(self, name)}; expected ≥ 1.")

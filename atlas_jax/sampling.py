@@ -23,10 +23,12 @@ def _check_sampling(temperature, top_k, top_p) -> tuple[float, int, float]:
   """The sampling settings as Python numbers (they are static in the decode loop), or a ValueError."""
   if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0:
     raise ValueError(f"top_k={top_k!r}; expected an integer ≥ 0 (0 keeps every token).")
+  if isinstance(temperature, bool):
+    raise ValueError(f"temperature={temperature}; expected a number.")
   temperature, top_p = float(temperature), float(top_p)
   if not (math.isfinite(temperature) and (temperature == 0.0 or temperature >= MIN_TEMPERATURE)):
-    raise ValueError(f"temperature={temperature}; expected 0 (greedy) or a finite value ≥ {MIN_TEMPERATURE} (far "
-                     "smaller ones overflow logits / temperature in float32).")
+    raise ValueError(f"temperature={temperature}; expected 0 (greedy) or a finite value ≥ {MIN_TEMPERATURE} (a floor "
+                     "we chose: tinier ones sample the argmax anyway, or overflow logits / temperature in float32).")
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p={top_p}; expected 0 < top_p ≤ 1 (1 keeps every token).")
   return temperature, int(top_k), top_p

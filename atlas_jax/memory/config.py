@@ -38,7 +38,7 @@ class MemoryConfig:
     residual: add r(k) = k to the memory's output (needs K = V). ``None`` picks the SPEC default: on for the MLP
       kinds, off for ``linear``.
     feature_map: ``identity`` or ``polynomial`` (SPEC.md §2).
-    degree: polynomial degree p (1..3), ignored for ``identity``.
+    degree: polynomial degree p (1..3; any positive integer for ``identity``, which ignores it).
     drop_constant: drop the degree-0 block of the polynomial features.
     bias: attentional bias (inner loss): ``l2`` = ½‖M(k) − v‖², ``dot`` = −⟨M(k), v⟩.
     window: Omega window W ≥ 1 (W = 1 is the online delta rule).
@@ -76,8 +76,9 @@ class MemoryConfig:
     for name in ("window", "chunk_size", "ns_steps", "degree"):
       value = getattr(self, name)
       integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-      if not integer or value < (0 if name == "ns_steps" else 1):
-        raise ValueError(f"MemoryConfig.{name}={value!r}; expected a positive integer.")
+      least = 0 if name == "ns_steps" else 1
+      if not integer or value < least:
+        raise ValueError(f"MemoryConfig.{name}={value!r}; expected an integer ≥ {least}.")
       object.__setattr__(self, name, int(value))  # a NumPy integer from a sweep becomes a plain (hashable) int
     if self.feature_map == "polynomial" and not 1 <= self.degree <= 3:
       raise ValueError(f"MemoryConfig.degree={self.degree}; polynomial features support degree 1..3.")

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 
 from atlas_jax.memory.chunked import chunked_memory
 from atlas_jax.memory.config import MemoryConfig
-from atlas_jax.memory.feature_maps import feature_dim
 from atlas_jax.memory.reference import reference_memory
 from atlas_jax.memory.sharded import mesh_context_size, per_block
 from atlas_jax.memory.state import Gates, MemoryState, check_weights, init_state
@@ -103,7 +102,7 @@ def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
                      "them; pass None, or use feature_map='polynomial'.")
   if config.residual and key_dim != value_dim:
     raise ValueError(f"residual memory needs K == V; got K={key_dim}, V={value_dim} (set residual=False).")
-  check_weights(init_weights, config, heads, key_dim, value_dim)
+  check_weights(init_weights, config, key_dim, value_dim, heads)
   if config.feature_map == "polynomial":
     if feature_coeffs is None or feature_coeffs.shape != (heads, config.num_coeffs):
       got = None if feature_coeffs is None else feature_coeffs.shape

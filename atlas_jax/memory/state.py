@@ -57,11 +57,14 @@ def state_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def check_weights(init_weights: Weights, config: MemoryConfig, heads: int, key_dim: int, value_dim: int) -> None:
-  """Φ_init {name: [H, m, n]} must have the config's names and the shapes of K, V (through φ) and one hidden F."""
+def check_weights(init_weights: Weights, config: MemoryConfig, key_dim: int, value_dim: int,
+                  heads: int | None = None) -> None:
+  """Φ_init {name: [H, m, n]} must have the config's names, one H (`heads` if given), the shapes of K and V
+  (through φ) and one hidden width F."""
   if set(init_weights) != set(config.weight_names):
     raise ValueError(f"init_weights has {sorted(init_weights)}; kind={config.kind!r} needs "
                      f"{list(config.weight_names)}.")
+  heads = next(iter(init_weights.values())).shape[0] if heads is None else heads
   p = feature_dim(config, key_dim)
   expected = {"W": (value_dim, p), "W1": (value_dim, None), "W2": (None, p), "W3": (None, p)}
   hidden = None
@@ -86,13 +89,14 @@ def init_state(config: MemoryConfig, init_weights: Weights, batch_size: int, key
   agree with them (W [H, V, P] with P = feature_dim(config, K), or W1 [H, V, F] and W2, W3 [H, F, P]).
   The state's dtype is float32, or float64 when Φ_init is float64 (used by the equivalence tests).
   """
-  check_weights(init_weights, config, next(iter(init_weights.values())).shape[0], key_dim, value_dim)
-  dtype = state_dtype(next(iter(init_weights.values())).dtype)
+  check_weights(init_weights, config, key_dim, value_dim)
+  first = next(iter(init_weights.values()))
+  dtype = state_dtype(first.dtype)
   weights = {
       name: jnp.broadcast_to(w.astype(dtype), (batch_size,) + w.shape)
       for name, w in init_weights.items()
   }
-  heads = next(iter(init_weights.values())).shape[0]
+  heads = first.shape[0]
   carry = config.window - 1
   return MemoryState(
       weights=weights,

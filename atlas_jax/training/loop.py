@@ -140,8 +140,8 @@ def _check_batches_fit_mesh(config, mesh) -> None:
 
 
 def _heads_note(model_config: ModelConfig, mesh) -> str:
-  """A warning when the mesh's tensor axis does not divide a head count: the run is correct, but each device
-  then runs every memory head (sharded.py keeps such heads whole) and fused projections split mid-head."""
+  """A warning when the mesh's tensor axis does not divide a head count: the run is correct, but the finite memory
+  then runs every head on each device (sharded.py keeps such heads whole), and projections split mid-head."""
   tensor, blocks = mesh.shape["tensor"], set(model_config.blocks)
   counts = {}
   if blocks & {"memory", "mag", "mal", "kernel_memory"}:
@@ -149,12 +149,11 @@ def _heads_note(model_config: ModelConfig, mesh) -> str:
   if blocks & {"attention", "swa", "mag", "mal"}:
     counts["num_heads"] = model_config.num_heads
   uneven = {name: n for name, n in counts.items() if n % tensor}
-  if tensor == 1 or not uneven:
+  if not uneven:
     return ""
   listed = ", ".join(f"{name} = {n}" for name, n in uneven.items())
-  return (f"warning: the mesh's tensor axis ({tensor}) does not divide {listed}: those heads are not split over "
-          "it (each device runs all of them) and their projections are resharded; pick a tensor axis that divides "
-          "the head counts.")
+  return (f"warning: the mesh's tensor axis ({tensor}) does not divide {listed}: those heads are split mid-head "
+          "or not at all, which costs resharding or repeated work; pick a tensor axis that divides the head counts.")
 
 
 def _check_train_settings(config) -> None:

@@ -62,9 +62,10 @@ def _digest(pairs) -> str:
 
 
 def test_streams_equal_the_mad_lab_reference_at_fixed_seeds():
-  """Digests of 50 instances per generator. Each equals the digest of mad-lab's own generators
-  (mad/data/instances.py, transcribed and run on the same seeds on 2026-11-27), so a change to the order of the
-  rng calls, which every structural test above would miss, breaks comparability with published MAD numbers."""
+  """A regression pin: digests of 50 instances per generator. When the digests were taken (2026-11-27), each equalled
+  that of mad-lab's own generators (mad/data/instances.py) run on the same seeds through a transcription that is
+  not in this repository. A change to the order of the rng calls, which every structural test above misses,
+  breaks comparability with published MAD numbers and this pin."""
   def draws(make, seed=12345):
     rng = np.random.default_rng(seed)
     return _digest(make(rng) for _ in range(50))
