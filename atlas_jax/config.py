@@ -15,6 +15,8 @@ from atlas_jax.memory.op import IMPLEMENTATIONS
 # Block types (SPEC.md §6): the memory layer, global attention, sliding-window attention, memory-as-gate,
 # memory-as-layer, and the exponential-kernel memory (DeepTransformer, Dot; SPEC.md §4).
 BLOCK_TYPES = ("memory", "attention", "swa", "mag", "mal", "kernel_memory")
+FINITE_MEMORY_BLOCKS = ("memory", "mag", "mal")  # a MemoryLayer with the finite memory op
+ATTENTION_BLOCKS = ("attention", "swa", "mag", "mal")  # an Attention with RoPE
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # The memory layer's gates at initialisation, σ(bias) (a design choice; η's is ``initial_eta_share``).
 INITIAL_GATES = {"alpha": 0.999, "theta": 0.9, "gamma": 0.95}
@@ -119,7 +121,7 @@ class ModelConfig:
     if block_type == "mag" and self.memory_heads * self.memory_head_dim != self.width:
       raise ValueError("MAG gates attention with the memory output: memory_heads · memory_head_dim must equal "
                        f"width ({self.memory_heads}·{self.memory_head_dim} ≠ {self.width}).")
-    if block_type in ("attention", "swa", "mag", "mal") and self.head_dim % 2:
+    if block_type in ATTENTION_BLOCKS and self.head_dim % 2:
       raise ValueError(f"attention heads of width {self.width} / {self.num_heads} = {self.head_dim}: RoPE rotates "
                        "channel pairs, so the head dimension must be even.")
     if block_type == "kernel_memory":  # its checks at construction, not at the first call

@@ -24,6 +24,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from atlas_jax.config import FINITE_MEMORY_BLOCKS
 from atlas_jax.model import AtlasLM
 from atlas_jax.presets import PRESETS, get_preset
 from atlas_jax.sharding import DEFAULT_RULES, logical_rules
@@ -44,7 +45,7 @@ _WRITE = flags.DEFINE_boolean("write", True, "append the table to benchmarks/RES
 
 def _config(name: str, variant: str = ""):
   config = get_preset(name, "tiny", vocab_size=257, width=128, num_heads=4, mlp_hidden=384)
-  if config.blocks[0] in ("memory", "mag", "mal", "kernel_memory"):
+  if config.blocks[0] in FINITE_MEMORY_BLOCKS + ("kernel_memory",):
     config = config.replace(memory=dataclasses.replace(config.memory, chunk_size=64))
   if variant == "no-muon":
     config = config.replace(memory=dataclasses.replace(config.memory, muon=False, granularity="token"))

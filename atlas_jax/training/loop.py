@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx, traverse_util
 from jax.sharding import NamedSharding, PartitionSpec
 
-from atlas_jax.config import ModelConfig
+from atlas_jax.config import ATTENTION_BLOCKS, FINITE_MEMORY_BLOCKS, ModelConfig
 from atlas_jax.model import AtlasLM
 from atlas_jax.presets import preset_config
 from atlas_jax.sampling import generate
@@ -43,7 +43,7 @@ def divergence_hint(model_config: ModelConfig) -> str:
   """What to try when a loss goes non-finite: for an MLP memory with momentum and without Muon (titans,
   omeganet), the inner optimiser's known divergence and its opt-in bound (README, Models); else ""."""
   mem = model_config.memory
-  uses_memory = any(block in ("memory", "mag", "mal") for block in model_config.blocks)
+  uses_memory = any(block in FINITE_MEMORY_BLOCKS for block in model_config.blocks)
   if not uses_memory or mem.kind == "linear" or not mem.momentum or mem.muon or mem.max_grad_norm is not None:
     return ""
   return (" An MLP memory with momentum and without Muon can diverge on long sequences (README, Models); "
@@ -144,9 +144,9 @@ def _heads_note(model_config: ModelConfig, mesh) -> str:
   then runs every head on each device (sharded.py keeps such heads whole), and projections split mid-head."""
   tensor, blocks = mesh.shape["tensor"], set(model_config.blocks)
   counts = {}
-  if blocks & {"memory", "mag", "mal", "kernel_memory"}:
+  if blocks & {*FINITE_MEMORY_BLOCKS, "kernel_memory"}:
     counts["memory_heads"] = model_config.memory_heads
-  if blocks & {"attention", "swa", "mag", "mal"}:
+  if blocks & set(ATTENTION_BLOCKS):
     counts["num_heads"] = model_config.num_heads
   uneven = {name: n for name, n in counts.items() if n % tensor}
   if not uneven:
@@ -172,7 +172,7 @@ def _check_train_settings(config) -> None:
 def _check_memory_implementation(model_config: ModelConfig) -> None:
   """A memory pinned to the Pallas kernels that cannot run it fails at step 1's compile; say so before any data
   is read or anything is written to the workdir."""
-  finite = any(block in ("memory", "mag", "mal") for block in model_config.blocks)
+  finite = any(block in FINITE_MEMORY_BLOCKS for block in model_config.blocks)
   if finite and model_config.memory_implementation == "pallas":
     from pallas_kernels.omega_chunk.ops import unsupported_reason  # lazy: no Pallas import otherwise
 
