@@ -65,6 +65,19 @@ def divisible_spec(spec: PartitionSpec, shape, mesh_shape) -> PartitionSpec:
                          for size, entry in zip(shape, entries)))
 
 
+def check_rules(rules: Rules, mesh_axes, logical_names) -> None:
+  """Refuse a rule for a logical axis that nothing in the model carries, or one that names a mesh axis the mesh
+  lacks: both are most often typos, which would leave the intended dimension replicated or fail deep inside."""
+  for name, target in rules:
+    if name not in logical_names:
+      raise ValueError(f"the logical axis rule ({name!r}, {target!r}) names no logical axis of this model; its "
+                       f"axes are {sorted(logical_names)}.")
+    missing = [axis for axis in axis_names(target) if axis not in mesh_axes]
+    if missing:
+      raise ValueError(f"the logical axis rule ({name!r}, {target!r}) names mesh axes {missing}, but the mesh has "
+                       f"axes {list(mesh_axes)}.")
+
+
 def logical_to_spec(axes: tuple[str | None, ...], rules: Rules | None = None) -> PartitionSpec:
   """PartitionSpec for logical `axes` under `rules` (unknown names and None are replicated).
 

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import types
 
@@ -167,6 +168,11 @@ def _check_train_settings(config) -> None:
   for name in ("warmup_steps", "sample_every", "sample_tokens", "lr", "weight_decay", "final_lr_fraction"):
     if not getattr(t, name) >= 0:  # NaN too
       raise ValueError(f"train.{name}={getattr(t, name)}; it must be at least 0.")
+  for name, ok, expected in (("b1", 0 <= t.b1 < 1, "in [0, 1)"), ("b2", 0 <= t.b2 < 1, "in [0, 1)"),
+                             ("clip_norm", t.clip_norm > 0, "> 0 (a norm of 0 scales every update to 0)"),
+                             ("final_lr_fraction", t.final_lr_fraction <= 1, "at most 1")):
+    if not ok:
+      raise ValueError(f"train.{name}={getattr(t, name)}; it must be {expected}.")
 
 
 def _check_memory_implementation(model_config: ModelConfig) -> None:
@@ -276,6 +282,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     if note:
       print(note, flush=True)
 
+  _check_batches_fit_mesh(config, mesh)
+
   # Data.
   train_tokens, val_tokens, tokenizer = data_lib.load_tokens(config.data, model_config.vocab_size)
   split_tokens = [len(train_tokens), len(val_tokens)]
@@ -283,7 +291,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   train_ds = data_lib.make_dataset(train_tokens, config.data.seq_len, per_process_batch, seed=config.data.seed,
                                    process_index=jax.process_index(), process_count=jax.process_count())
   train_iter = data_lib.make_iterator(train_ds, config.data.num_workers)
-  _check_batches_fit_mesh(config, mesh)
   validation = _validation(val_tokens, config)
   if is_main:
     print(f"data: {len(train_tokens):,} training and {len(val_tokens):,} validation tokens "
@@ -331,7 +338,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                          out_shardings=(param_shardings, opt_shardings, replicated))
     eval_step = jax.jit(make_eval_step(graphdef))
     writer = MetricWriter(workdir, enabled=is_main, start_step=step)
-    progress = Progress(config.train.steps, step, global_batch * config.data.seq_len, config.train.log_every)
+    progress = Progress(config.train.steps, step, global_batch * config.data.seq_len, config.train.log_every,
+                        stream=sys.stdout if is_main else None)
     meta = {"model_config": model_config.to_dict(), "experiment": json.loads(config.to_json()),
             "split_tokens": split_tokens, "process_count": jax.process_count()}
 
@@ -368,6 +376,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
     # follows a non-finite loss is saved.
     pending = None
     preemption = _Preemption(checkpointer)
+    if is_main and step < config.train.steps:
+      print(f"compiling the train step (step {step + 1}'s time includes it)…", flush=True)
     try:
       while step < config.train.steps:
         batch = _put_batch(next(train_iter), batch_sharding)

@@ -10,7 +10,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from flax import nnx
 
-from atlas_jax.sharding import Rules, axis_names, divisible_spec, logical_to_spec
+from atlas_jax.sharding import DEFAULT_RULES, Rules, axis_names, check_rules, divisible_spec, logical_to_spec
 
 _log = logging.getLogger(__name__)
 
@@ -44,12 +44,15 @@ def state_shardings(abstract_state, mesh: Mesh, rules: Rules):
   """NamedShardings for an nnx.State whose Params carry logical axis names.
 
   A dimension that its mesh axes do not divide (a byte vocabulary of 257 over a tensor axis of 2) is not split
-  along those axes, with a warning naming the parameter's shape.
+  along those axes, with a warning naming the parameter's shape. Rules with a typo are refused (``check_rules``).
   """
   is_spec = lambda x: isinstance(x, PartitionSpec) or x is None
   specs = nnx.get_partition_spec(abstract_state)
   shapes = [x.shape for x in jax.tree_util.tree_leaves(abstract_state)]
   leaves, treedef = jax.tree_util.tree_flatten(specs, is_leaf=is_spec)
+  param_axes = {name for spec in leaves if spec is not None for entry in spec for name in axis_names(entry)}
+  # Known names: the parameters' and the default rules' (activations' axes, and layers for scanned models).
+  check_rules(rules, mesh.axis_names, param_axes | {name for name, _ in DEFAULT_RULES})
   shardings = []
   for spec, shape in zip(leaves, shapes, strict=True):
     resolved = logical_to_spec(tuple(spec), rules) if spec is not None else PartitionSpec()

@@ -16,15 +16,21 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-  """Prints `[####......] step 120/600 | loss 2.31 | 2,900 tok/s | ETA 3m10s` every `every` steps."""
+  """Prints `[####......] step 120/600 | loss 2.31 | 2,900 tok/s | ETA 3m10s` every `every` steps, and the first
+  step's time, which includes compiling it. Silent with stream=None (processes other than the first)."""
 
   def __init__(self, total_steps: int, first_step: int, tokens_per_step: int, every: int, stream=sys.stdout):
     self.total, self.first, self.tokens, self.every, self.stream = total_steps, first_step, tokens_per_step, every, stream
-    self.start = None
+    self.created, self.start = time.perf_counter(), None
 
   def update(self, step: int, loss: float, force: bool = False) -> None:
-    if self.start is None:  # the first step includes compilation; time from the end of it
+    if self.stream is None:
+      return
+    if self.start is None:  # the first step includes compilation; time the rest from the end of it
       self.start, self.start_step = time.perf_counter(), step
+      self.stream.write(f"step {step}: loss {loss:.4f} (compiling and running it took "
+                        f"{self.start - self.created:.1f} s)\n")
+      self.stream.flush()
       return
     if not force and step % self.every:
       return

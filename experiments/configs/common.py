@@ -100,7 +100,8 @@ PAPER_SETTINGS = {"170m": (3e-3, 15e9), "340m": (1.5e-3, 15e9), "760m": (1.25e-3
 def paper_config(size: str, preset: str | None) -> ml_collections.ConfigDict:
   """A paper setting (Table 7): the preset `preset` (default atlas) at `size`, 4K context, 0.5M tokens per step
   (batch_size 16 × grad_accum 8 × 4096 tokens on one process; divide batch_size or grad_accum by the process
-  count), AdamW with warmup + cosine decay, weight decay 0.1. Data: FineWeb-Edu tokenized offline with a 32K
+  count; each micro-batch's rows are split over the data × fsdp devices, so past 128 of them, at grad_accum 1, a
+  tensor axis or larger steps are needed), AdamW with warmup + cosine decay, weight decay 0.1. Data: FineWeb-Edu tokenized offline with a 32K
   tokenizer into .npy shards (``python -m experiments.prepare_data``); nothing is shipped."""
   lr, tokens = PAPER_SETTINGS[size]
   c = base_config()
@@ -109,6 +110,7 @@ def paper_config(size: str, preset: str | None) -> ml_collections.ConfigDict:
   c.data.source = "tokens"
   c.data.seq_len = 4096
   c.data.batch_size = 16
+  c.data.val_fraction = 0.001  # 15M–100M tokens: far more than the 8 × 16 windows an evaluation reads
   c.train.grad_accum = 8
   c.train.steps = int(tokens // 2**19)
   c.train.lr = lr

@@ -5,8 +5,13 @@
         --config.data.path='/shared/fineweb_edu/*.npy' --config.data.tokenizer=sentencepiece \
         --config.data.tokenizer_path=/path/to/32k.model
 
-Expected: the paper's ATLAS reaches Wiki perplexity 14.97 (Table 2). Step time: not measured yet (no accelerator has run it); estimate it with
-``python -m atlas_jax.training.aot --size=1.3b`` (compiled FLOPs per step) before a long run.
+The paper reports Wiki perplexity 14.97 for ATLAS at this size (Table 2), with Muon at every position (below).
+Step time: not measured yet (no accelerator has run it); estimate it with
+``python -m atlas_jax.training.aot --preset=atlas --size=1.3b --batch=16 --grad_accum=8`` (compiled FLOPs of one
+paper step on 8 fake CPU devices) before a long run. ATLAS's Muon runs at chunk granularity (one Newton–Schulz per
+chunk, SPEC.md §3.6); the paper applies it at every position, which
+``--config.model.overrides.memory.granularity=token`` selects, at a higher cost per step. ``data.batch_size`` is per
+process: on P processes divide batch_size × grad_accum (16 × 8 rows per step) by P to keep 0.5M tokens per step.
 """
 
 from experiments.configs import common

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -179,7 +180,7 @@ def test_sampling_distributions_are_the_filtered_softmax():
                                                ("titans", {"memory_implementation": "pallas"}), ("swa", {}),
                                                ("dot", {})],
                          ids=["unrolled", "scanned", "pallas", "swa", "kernel-memory"])
-def test_generate_greedy_matches_argmax_of_full_forward(preset, overrides):
+def test_generate_greedy_matches_argmax_of_full_forward(preset, overrides, caplog):
   """Also with scanned, rematerialised layers, as every paper-size preset has them, with the memory pinned to the
   Pallas kernels (interpreted on CPU), which decode on the xla path, and with a kernel memory's growing cache.
   13 + 7 tokens: decoding wraps the sliding window's ring of 16 and crosses a memory chunk boundary."""
@@ -189,6 +190,11 @@ def test_generate_greedy_matches_argmax_of_full_forward(preset, overrides):
   assert out.shape == (2, 20)
   logits, _ = model(out[:, :-1])
   np.testing.assert_array_equal(jnp.argmax(logits[:, 12:], -1), out[:, 13:])
+  if preset == "swa":  # a second call of the same shapes compiles nothing
+    caplog.clear()
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+      generate(model, prompt, 7, jax.random.PRNGKey(1), temperature=0.0)
+    assert not [r.getMessage() for r in caplog.records if "ompil" in r.getMessage()]
 
 
 def test_config_rejects_bad_values():

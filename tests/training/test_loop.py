@@ -382,9 +382,11 @@ def test_bad_inputs_give_clear_errors(tmp_path, monkeypatch):
   del config.model.overrides["widht"]
   config.mesh.shape = (8, 1, 1)
   config.data.batch_size, config.train.grad_accum = 4, 2  # trains on 8 devices, but validates 4 rows on them
+  config.data.source, config.data.path = "text", str(tmp_path / "missing*.txt")  # refused before data loads
   with pytest.raises(ValueError, match=r"data.batch_size \(validation batches\) .* 4 rows per step, which the "
                      r"mesh's data × fsdp = 8 devices do not divide"):
     loop.train_and_evaluate(config, str(tmp_path / "e"))
+  config.data.source, config.data.path = "synthetic", str(shard)
   assert not os.path.exists(tmp_path / "e" / "checkpoints" / "1")  # refused before step 1
   monkeypatch.setattr(jax, "process_count", lambda: 2)  # two hosts on mesh (1, 1, 8): both would hold every row
   with pytest.raises(ValueError, match=r"data × fsdp = 1 devices must be a multiple of 2"):
@@ -396,6 +398,12 @@ def test_bad_inputs_give_clear_errors(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r"train.lr=-1.0; it must be at least 0"):
     loop.train_and_evaluate(config, str(tmp_path / "f"))
   config.train.lr = 1e-2
+  for name, bad, expected in (("b2", 1.0, r"in \[0, 1\)"), ("clip_norm", 0.0, "> 0"),
+                              ("final_lr_fraction", 2.0, "at most 1")):
+    good, config.train[name] = config.train[name], bad
+    with pytest.raises(ValueError, match=rf"train.{name}={bad}; it must be {expected}"):
+      loop.train_and_evaluate(config, str(tmp_path / "f"))
+    config.train[name] = good
   config.model.overrides.memory_implementation = "pallas"  # atlas has Muon, which the kernels lack
   with pytest.raises(NotImplementedError, match="memory_implementation='pallas': muon=True"):
     loop.train_and_evaluate(config, str(tmp_path / "f"))

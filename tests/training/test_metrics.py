@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 
-from atlas_jax.training.metrics import MetricWriter
+from atlas_jax.training.metrics import MetricWriter, Progress
 
 
 def _steps(workdir) -> list[int]:
@@ -29,3 +30,16 @@ def test_a_resumed_run_drops_rows_past_its_checkpoint(tmp_path):
   assert _steps(tmp_path) == [1, 2, 3, 4, 5, 6, 7] and (tmp_path / "metrics.jsonl").read_text().endswith("}\n")
   MetricWriter(str(tmp_path)).close()  # a fresh start (no checkpoint) keeps nothing
   assert _steps(tmp_path) == []
+
+
+def test_progress_reports_the_first_step_then_every_few_and_is_silent_elsewhere():
+  out = io.StringIO()
+  progress = Progress(total_steps=10, first_step=0, tokens_per_step=100, every=4, stream=out)
+  for step in range(1, 11):
+    progress.update(step, loss=2.0 / step, force=step == 10)
+  lines = out.getvalue().splitlines()
+  assert lines[0].startswith("step 1: loss 2.0000 (compiling and running it took ")
+  assert [line.split(" | ")[0].split("] ")[1] for line in lines[1:]] == ["step 4/10", "step 8/10", "step 10/10"]
+  silent = Progress(total_steps=10, first_step=0, tokens_per_step=100, every=1, stream=None)  # other processes
+  for step in range(1, 4):
+    silent.update(step, loss=1.0)

@@ -62,6 +62,16 @@ def test_rules_naming_an_axis_the_mesh_lacks_are_an_error():
     assert logits(model, tokens).shape == (8, 5, CONFIG.vocab_size)  # rules that name only its axes
 
 
+def test_parameter_shardings_refuse_rules_with_a_typo():
+  """A misspelt logical axis had left its dimension replicated, a misspelt mesh axis had been a KeyError."""
+  params = nnx.state(AtlasLM(CONFIG, rngs=nnx.Rngs(0)))
+  mesh = make_mesh((2, 2, 2))
+  with pytest.raises(ValueError, match=r"rule \('embedd', 'fsdp'\) names no logical axis of this model"):
+    state_shardings(params, mesh, DEFAULT_RULES + (("embedd", "fsdp"),))
+  with pytest.raises(ValueError, match=r"rule \('mlp', 'model'\) names mesh axes \['model'\]"):
+    state_shardings(params, mesh, (("mlp", "model"),))
+
+
 def test_ahead_of_time_compile_on_a_fake_mesh():
   compiled = compile_train_step(get_preset("atlas", "tiny", scan_layers=True, vocab_size=256), make_mesh((2, 2, 2)),
                                 DEFAULT_RULES, batch_size=8, seq_len=32, grad_accum=2)
