@@ -61,9 +61,13 @@ class Attention(nnx.Module):
       window = None if self.window is None else (self.window - 1, 0)
       y = jax.nn.dot_product_attention(q, k, v, is_causal=True, local_window_size=window)
     else:
-      keys = jnp.concatenate([cache.k, k], axis=1)
-      values = jnp.concatenate([cache.v, v], axis=1)
-      key_pos = jnp.concatenate([cache.slot_pos, positions])
+      if self.window is None:  # a global cache has a slot per position: write the piece, then read the cache
+        cache = self._write(cache, k, v, positions)
+        keys, values, key_pos = cache.k, cache.v, cache.slot_pos
+      else:  # a ring: the piece may overwrite keys its own first queries still see, so read it beside the cache
+        keys = jnp.concatenate([cache.k, k], axis=1)
+        values = jnp.concatenate([cache.v, v], axis=1)
+        key_pos = jnp.concatenate([cache.slot_pos, positions])
       mask = (key_pos[None, :] >= 0) & (key_pos[None, :] <= positions[:, None])
       if self.window is not None:
         mask &= key_pos[None, :] > positions[:, None] - self.window
@@ -73,17 +77,21 @@ class Attention(nnx.Module):
         # Later positions would need keys the cache dropped (global) or overwrote (a ring shorter than the
         # window); under jit that cannot raise, so their outputs are NaN, never silently wrong.
         y = jnp.where((positions < slots)[None, :, None, None], y, jnp.nan)
-      cache = self._write(cache, k, v, positions)
+      if self.window is not None:
+        cache = self._write(cache, k, v, positions)
     y = y.reshape(batch, length, self.num_heads * self.head_dim)
     return (y if self.out is None else self.out(y)), cache
 
   def _write(self, cache: KVCache, k, v, positions) -> KVCache:
     if k.shape[1] == 0:  # an empty piece leaves the cache as it is
       return cache
-    slots = cache.k.shape[1]
-    keep = min(k.shape[1], slots)  # only the last `slots` new tokens can survive in the cache
-    k, v, positions = k[:, -keep:], v[:, -keep:], positions[-keep:]
-    index = positions % slots if self.window is not None else positions
-    return KVCache(cache.k.at[:, index].set(k.astype(cache.k.dtype)),
-                   cache.v.at[:, index].set(v.astype(cache.v.dtype)),
-                   cache.slot_pos.at[index].set(positions), positions[-1] + 1)
+    if self.window is None:  # a slot per position; positions past the cache are dropped (their outputs are NaN)
+      index = positions
+    else:  # a ring: only the last `slots` new tokens survive
+      slots = cache.k.shape[1]
+      keep = min(k.shape[1], slots)
+      k, v, positions = k[:, -keep:], v[:, -keep:], positions[-keep:]
+      index = positions % slots
+    return KVCache(cache.k.at[:, index].set(k.astype(cache.k.dtype), mode="drop"),
+                   cache.v.at[:, index].set(v.astype(cache.v.dtype), mode="drop"),
+                   cache.slot_pos.at[index].set(positions, mode="drop"), positions[-1] + 1)

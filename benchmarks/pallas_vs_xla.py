@@ -111,7 +111,8 @@ def main(argv):
           f"Measured bf16 matmul peak: {peak:.0f} TFLOP/s.{note}\n\n" + common.markdown_table(columns, rows)
           + "\n\nxla time / pallas time, per kernel matmul algorithm (``BlockSizes.dot``):\n\n"
           + common.markdown_table(["cell", "T", "forward", "forward+backward"], ratios))
-  common.report("Pallas kernels vs xla path (linear memory, GPU)", body, _WRITE.value)
+  common.report("Pallas kernels vs xla path (linear memory, GPU) (benchmarks/pallas_vs_xla.py)", body,
+                _WRITE.value)
   if note or pending:  # compilations still running cannot be stopped: exit without waiting for them
     os._exit(130 if note else 0)
 

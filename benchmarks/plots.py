@@ -77,6 +77,16 @@ class Table:
         return i
     raise KeyError(f"{self.where}: no column {name!r}; its columns are {list(self.columns)}")
 
+  def has(self, name: str) -> bool:
+    return any(_normalise(column) == _normalise(name) for column in self.columns)
+
+  def pick(self, *names: str) -> str:
+    """The first of `names` that the table has (a column renamed between runs: the new name first)."""
+    for name in names:
+      if self.has(name):
+        return name
+    raise KeyError(f"{self.where}: none of the columns {list(names)}; its columns are {list(self.columns)}")
+
   def column(self, name: str) -> list[str]:
     i = self.index(name)
     return [row[i] for row in self.rows]
@@ -335,8 +345,9 @@ def plot_memory_op(section: Section, out_dir: str) -> str:
   for i, (muon, impl) in enumerate(zip(table.column("Muon"), table.column("impl"))):
     keys.setdefault((muon, impl), []).append(i)
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+  plan = table.pick("fwd+bwd plan MiB", "fwd+bwd peak MiB")  # earlier sections: "peak", the same plan
   panels = (("fwd tok/s", "forward tokens/s"), ("fwd+bwd tok/s", "forward+backward tokens/s"),
-            ("fwd+bwd peak MiB", "forward+backward XLA memory plan (MiB)"))
+            (plan, "forward+backward XLA memory plan (MiB)"))
   for ax, (column, label) in zip(axes, panels):
     for (muon, impl), rows in keys.items():
       style = dict(color=f"C{muons.index(muon)}", linestyle={"reference": "--", "xla": "-"}.get(impl, ":"),
@@ -417,21 +428,25 @@ def plot_decode(section: Section, out_dir: str) -> str:
 
 
 def plot_train_throughput(section: Section, out_dir: str) -> str:
-  """Training tokens/s and share of the measured matmul peak per preset (horizontal bars, table order); where the
-  table has them, a second bar per preset for the step on several host devices."""
+  """Training tokens/s and model-FLOP utilisation (earlier sections: XLA's FLOP count) as a share of the
+  measured matmul rate, per preset (horizontal bars, table order; "n/a" where the model FLOPs are not counted);
+  where the table has them, a second bar per preset for the step on several host devices."""
   table = section.table
   names = table.column("model")
   split = next((c[len("tokens/s, "):] for c in table.columns if c.startswith("tokens/s, ")), None)
+  share = ("MFU", "model-FLOP utilisation, % of matmul rate") if table.has("MFU") else (
+      "of matmul peak", "XLA-counted FLOP rate, % of matmul peak")
   fig, axes = plt.subplots(1, 2, figsize=(13, (0.6 if split else 0.35) * len(names) + 2))
-  for ax, (column, label) in zip(axes, (("tokens/s", "training tokens/s"),
-                                        ("of matmul peak", "XLA-counted FLOP rate, % of matmul peak"))):
+  for ax, (column, label) in zip(axes, (("tokens/s", "training tokens/s"), share)):
     series = [(column, "one device")] + ([(f"{column}, {split}", split)] if split else [])
     height = 0.8 / len(series)
     for j, (name, legend) in enumerate(series):
-      values = [v or 0.0 for v in table.numbers(name)]
+      numbers = table.numbers(name)
+      values = [v or 0.0 for v in numbers]
       offset = (j - (len(series) - 1) / 2) * height
       bars = ax.barh([i + offset for i in range(len(names))], values, height, color=f"C{j}", label=legend)
-      ax.bar_label(bars, labels=[f"{v:,.1f}" if v < 100 else f"{v:,.0f}" for v in values], fontsize=7)
+      ax.bar_label(bars, labels=["n/a" if n is None else f"{v:,.1f}" if v < 100 else f"{v:,.0f}"
+                                 for n, v in zip(numbers, values)], fontsize=7)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlabel(label)
