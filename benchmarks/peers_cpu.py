@@ -1,6 +1,8 @@
 """Our memory layer against titans-pytorch's NeuralMemory on the same CPU, one command, same allocator.
 
-    python3 -m venv /tmp/torchvenv && /tmp/torchvenv/bin/pip install torch==2.13.0 titans-pytorch
+    python3 -m venv /tmp/torchvenv
+    /tmp/torchvenv/bin/pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+    /tmp/torchvenv/bin/pip install titans-pytorch==0.5.5
     LD_PRELOAD=libtcmalloc_minimal.so.4 python -m benchmarks.peers_cpu --torch_python=/tmp/torchvenv/bin/python
 
 Matched configuration: width 256, 4 heads of 64, chunk 64, 2-layer MLP memory with expansion 4, batch 2,
