@@ -77,7 +77,9 @@ def resolve_implementation(implementation: str, config: MemoryConfig, **call) ->
   return explain_implementation(implementation, config, **call)[0]
 
 
-def _check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, feature_coeffs, state):
+def check_inputs(q, k, v, gates: Gates, init_weights, config: MemoryConfig, feature_coeffs, state):
+  """memory_op's argument checks (shapes, dtypes, gates, weights, state), at trace time; the Pallas entry point
+  runs them too."""
   if q.ndim != 4 or k.shape != q.shape or v.ndim != 4 or v.shape[:3] != q.shape[:3]:
     raise ValueError(f"expected q, k [B, T, H, K] and v [B, T, H, V]; got q {q.shape}, k {k.shape}, v {v.shape}.")
   if not all(jnp.issubdtype(x.dtype, jnp.floating) for x in (q, k, v)):
@@ -152,8 +154,10 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
     block_size: xla only (ignored by the other paths), rows per scan step (a divisor of C); does not change the
       result.
     remat: rematerialise in the backward pass: xla, each scan step (less memory, usually faster on CPU);
-      reference, blocks of 4·C tokens (its backward otherwise keeps every token's weights); pallas always
-      saves only each chunk's starting Φ and S and recomputes the rest.
+      reference, blocks of 4·C tokens (its backward otherwise keeps every token's weights); pallas ignores it:
+      it keeps its kernel inputs (q, k, v and the per-chunk coefficients and scores, [C, C] per chunk), autodiff's
+      [C, C] intermediates of those coefficients and each chunk's starting Φ and S, and recomputes the rest of
+      each chunk in the backward kernel.
     head_groups: xla only (ignored by the other paths), run this many independent scans over equal groups of
       heads (a divisor of H), which XLA may execute concurrently (on the 2-core CPU of BENCHMARKS.md, 2 groups
       were not faster). Does not change the result.
@@ -162,7 +166,7 @@ def memory_op(q: jax.Array, k: jax.Array, v: jax.Array, gates: Gates, init_weigh
     y [B, T, H, V] in q's dtype (y_t = M(q_t; Φ_t), read after write), and the state after the last token.
     Fast weights, momentum and all inner-loop work are float32 whatever the input dtype.
   """
-  _check_inputs(q, k, v, gates, init_weights, config, feature_coeffs, state)
+  check_inputs(q, k, v, gates, init_weights, config, feature_coeffs, state)
   dtype = next(iter(init_weights.values())).dtype if state is None else state.window_k.dtype
   impl = resolve_implementation(implementation, config, fresh_state=state is None,
                                 dtype=jnp.promote_types(q.dtype, dtype), key_dim=q.shape[-1])

@@ -11,10 +11,13 @@ The state-free work (the coefficient matrices and the scores M_b = Λ_b ⊙ Q K_
 value tile repeats it and the loop holds only the products with the state; autodiff takes its cotangents from
 the backward kernel's dM_b, dλ, dψ, … back to q, k and the gates.
 
-What the forward saves for the backward: Φ_in (and S_in with momentum) at the start of every chunk, float32,
-[BH, n, m, n'] per weight matrix; the backward recomputes everything else per chunk. A primal call outside
-differentiation saves nothing. Gradients of the inputs that value tiles share are summed over tiles outside the
-kernel (each tile writes its partial sum).
+What differentiation saves for the backward (a primal call outside differentiation saves nothing): the kernels'
+inputs (q, k, v, the scores m_c, m_p [BH, T, C], the [BH, T] coefficient vectors, and for MLP memories Λ_c, Λ_p
+[BH, T, C]), plus Φ_in (and S_in with momentum) at the start of every chunk, float32, [BH, n, m, n'] per weight
+matrix; the backward kernel recomputes the rest of each chunk's state step. Autodiff of ``_coefficients`` (XLA,
+outside the kernels) keeps its own intermediates as well: [C, C] matrices per (head, chunk) (the decays Dᵅ, Dᶿ,
+Ψ_b, Λ_b, Q K_bᵀ), each a [BH, T, C] array in all. Gradients of the inputs that value tiles share are summed over tiles
+outside the kernel (each tile writes its partial sum).
 
 Kernel inputs (BH = batch·heads, T a multiple of C; ``ops.py`` prepares q, k, v and the gates, ``omega_chunk``
 the coefficients), by role ("rows": the chunk's rows; "pair": the chunk's rows and the previous chunk's;
@@ -22,6 +25,7 @@ the coefficients), by role ("rows": the chunk's rows; "pair": the chunk's rows a
     q, k [BH, T, P] (φ applied), v [BH, T, V], m_c, m_p [BH, T, C], ᾱ, μ, θ̄, λ_c, λ_p, ψ_c, ψ_p [BH, T],
     (mlp, gated_mlp: Λ_c, Λ_p [BH, T, C]), sel [T]
 weights, states: tuples of [BH, m, n] float32 (linear: W [V, P]; mlp: W1 [V, F], W2 [F, P][, W3 [F, P]]).
+Outputs: y [BH, T, V] float32 (the caller rounds it once, after any residual), Φ_out, S_out, anchor float32.
 """
 
 from __future__ import annotations
@@ -73,7 +77,9 @@ class BlockSizes:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Static:
+class Static:
+  """The kernels' static configuration (``omega_chunk``'s keywords); ``reference.py`` runs the same chunk math
+  through it."""
   kind: str
   chunk: int
   window: int
@@ -106,7 +112,8 @@ class _Static:
 
   @property
   def precision(self):
-    """Matmul precision of the chunk math: exact float32 interpreted, ``block.dot`` in Triton."""
+    """Matmul precision of the state steps (the kernels' matmuls): exact float32 interpreted, ``block.dot`` in
+    Triton. The coefficients ignore it (always exact float32, in XLA)."""
     return jax.lax.Precision.HIGHEST if self.interpret else TRITON_DOTS[self.block.dot]
 
   def forward(self, x: Chunk, weights, states):
@@ -144,7 +151,7 @@ def _store(ref, rows, value):
     ref[rows, :] = value.astype(ref.dtype)
 
 
-def _load_chunk(refs, static: _Static, j):
+def _load_chunk(refs, static: Static, j):
   """Chunk j's tiles as ``static.chunk_type``, "pair" inputs with the previous chunk's rows too (zeros for
   j = 0), upcast to float32."""
   chunk = static.chunk
@@ -159,7 +166,7 @@ def _load_chunk(refs, static: _Static, j):
   return static.chunk_type(*fields)
 
 
-def _forward_kernel(*refs, static: _Static, num_weights: int, save_states: bool):
+def _forward_kernel(*refs, static: Static, num_weights: int, save_states: bool):
   nw = num_weights
   ni = len(static.roles)
   input_refs = refs[:ni]
@@ -190,7 +197,7 @@ def _forward_kernel(*refs, static: _Static, num_weights: int, save_states: bool)
     ref[...] = w
 
 
-def _backward_kernel(*refs, static: _Static, num_weights: int):
+def _backward_kernel(*refs, static: Static, num_weights: int):
   nw = num_weights
   roles = static.roles
   ni = len(roles)
@@ -234,13 +241,13 @@ def _backward_kernel(*refs, static: _Static, num_weights: int):
     ref[...] = d
 
 
-def _check(q, k, v, gates, sel, weights, states, static: _Static):
+def _check(q, k, v, gates, sel, weights, states, static: Static):
   bh, length, p = q.shape
   value = v.shape[-1]
   if k.shape != q.shape or v.shape[:2] != (bh, length):
     raise ValueError(f"omega_chunk: expected q, k [BH, T, P] and v [BH, T, V]; got q {q.shape}, k {k.shape}, "
                      f"v {v.shape}.")
-  for name, gate in zip(("gamma", "ca", "eta", "ct"), gates):
+  for name, gate in zip(("gamma", "log_alpha", "eta", "log_theta"), gates):
     if gate.shape != (bh, length):
       raise ValueError(f"omega_chunk: {name} has shape {gate.shape}; expected [BH, T] = {(bh, length)}.")
   if sel.shape != (length,):
@@ -253,13 +260,16 @@ def _check(q, k, v, gates, sel, weights, states, static: _Static):
   if len(weights) != expected or len(states) != expected:
     raise ValueError(f"omega_chunk: kind={static.kind!r} takes {expected} weight and state matrices; got "
                      f"{len(weights)} and {len(states)}.")
-  first = (value, p) if static.kind == "linear" else (value, None)
-  if weights[0].shape[0] != bh or weights[0].shape[1] != first[0] or (first[1] and weights[0].shape[2] != p):
-    raise ValueError(f"omega_chunk: weights[0] has shape {weights[0].shape}; expected [BH, V, "
-                     f"{'P' if static.kind == 'linear' else 'F'}] with BH={bh}, V={value}, P={p}.")
-  for w, s in zip(weights, states):
+  # linear: W [BH, V, P]; mlp: W1 [BH, V, F], W2 [BH, F, P]; gated_mlp: also W3 [BH, F, P] (F from W1).
+  hidden = weights[0].shape[-1]
+  names = ("W [BH, V, P]",) if static.kind == "linear" else ("W1 [BH, V, F]", "W2 [BH, F, P]", "W3 [BH, F, P]")
+  shapes = [(bh, value, p)] if static.kind == "linear" else [(bh, value, hidden), (bh, hidden, p), (bh, hidden, p)]
+  for i, (w, s, name, shape) in enumerate(zip(weights, states, names, shapes)):
+    if w.shape != shape:
+      raise ValueError(f"omega_chunk: weights[{i}] has shape {w.shape}; expected {name} = {shape} with BH={bh}, "
+                       f"V={value}, P={p}" + ("." if static.kind == "linear" else f", F={hidden} (from weights[0])."))
     if s.shape != w.shape:
-      raise ValueError(f"omega_chunk: a state has shape {s.shape}, its weight {w.shape}.")
+      raise ValueError(f"omega_chunk: states[{i}] has shape {s.shape}, its weight {w.shape}.")
   if value % static.block.value or (not static.tiled and static.block.value != value):
     raise ValueError(f"omega_chunk: block_sizes.value={static.block.value} must divide V={value} (and equal V "
                      f"for kind={static.kind!r}).")
@@ -272,7 +282,7 @@ def _check(q, k, v, gates, sel, weights, states, static: _Static):
     raise ValueError(f"omega_chunk: block_sizes.dot={static.block.dot!r}; expected one of {tuple(TRITON_DOTS)}.")
 
 
-def _input_specs(inputs, static: _Static):
+def _input_specs(inputs, static: Static):
   """BlockSpecs of the kernel inputs: whole sequences per program; v takes its value tile; sel is shared."""
   def spec(i, x):
     if i == _VALUE_INPUT:
@@ -283,11 +293,11 @@ def _input_specs(inputs, static: _Static):
   return [spec(i, x) for i, x in enumerate(inputs)]
 
 
-def _value_rows(static: _Static, length: int):
+def _value_rows(static: Static, length: int):
   return pl.BlockSpec((None, length, static.block.value), lambda b, vt: (b, 0, vt))
 
 
-def _matrix_spec(static: _Static, shape, chunks: int | None = None):
+def _matrix_spec(static: Static, shape, chunks: int | None = None):
   """A weight-shaped [BH, (n,) m, n'] array: the linear memory's value tile of rows, else the whole matrix."""
   rows = static.block.value if static.tiled else shape[-2]
   if chunks is None:
@@ -295,21 +305,20 @@ def _matrix_spec(static: _Static, shape, chunks: int | None = None):
   return pl.BlockSpec((None, chunks, rows, shape[-1]), lambda b, vt: (b, 0, vt, 0))
 
 
-def _call(kernel, out_shape, in_specs, out_specs, grid, static: _Static):
+def _call(kernel, out_shape, in_specs, out_specs, grid, static: Static):
   params = pltriton.CompilerParams(num_warps=static.block.num_warps, num_stages=static.block.num_stages)
   return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs, out_specs=out_specs,
                         interpret=static.interpret, debug=static.debug, compiler_params=params)
 
 
-def _forward(inputs, weights, states, static: _Static, save_states: bool):
+def _forward(inputs, weights, states, static: Static, save_states: bool):
   """(y, Φ_out…, S_out…, anchor…[, Φ_in per chunk…[, S_in per chunk…]])."""
   q, v = inputs[0], inputs[_VALUE_INPUT]
   bh, length = q.shape[:2]
   n = length // static.chunk
   f32 = jnp.float32
-  y_dtype = f32 if q.dtype == jnp.float64 else q.dtype
   specs = [_matrix_spec(static, w.shape) for w in weights]
-  out_shape = [jax.ShapeDtypeStruct((bh, length, v.shape[-1]), y_dtype)]
+  out_shape = [jax.ShapeDtypeStruct((bh, length, v.shape[-1]), f32)]  # rounded once by the caller
   out_shape += [jax.ShapeDtypeStruct(w.shape, f32) for w in weights] * 3
   out_specs = [_value_rows(static, length)] + specs * 3
   if save_states:
@@ -328,19 +337,19 @@ def _split(outs, nw: int, groups: int):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _omega_chunk(inputs, weights, states, static: _Static):
+def _omega_chunk(inputs, weights, states, static: Static):
   """(y, Φ_out, S_out, anchor)."""
   return _split(_forward(inputs, weights, states, static, save_states=False), len(weights), 3)
 
 
-def _omega_chunk_fwd(inputs, weights, states, static: _Static):
+def _omega_chunk_fwd(inputs, weights, states, static: Static):
   outs = _split(_forward(inputs, weights, states, static, save_states=True), len(weights),
                 5 if static.momentum else 4)
   saved_s = outs[5] if static.momentum else None
   return outs[:4], (inputs, outs[4], saved_s)
 
 
-def _omega_chunk_bwd(static: _Static, residuals, cotangents):
+def _omega_chunk_bwd(static: Static, residuals, cotangents):
   inputs, saved_w, saved_s = residuals
   dy, dweights, dstates, d_anchor = cotangents
   v = inputs[_VALUE_INPUT]
@@ -380,15 +389,16 @@ def _omega_chunk_bwd(static: _Static, residuals, cotangents):
 _omega_chunk.defvjp(_omega_chunk_fwd, _omega_chunk_bwd)
 
 
-def omega_chunk(q, k, v, gamma, ca, eta, ct, sel, weights, states, *, kind: str, chunk: int, window: int,
-                momentum: bool, bias: str, block_sizes: BlockSizes | None = None, interpret: bool | None = None,
-                debug: bool = False):
+def omega_chunk(q, k, v, gamma, log_alpha, eta, log_theta, sel, weights, states, *, kind: str, chunk: int,
+                window: int, momentum: bool, bias: str, block_sizes: BlockSizes | None = None,
+                interpret: bool | None = None, debug: bool = False):
   """The Omega-rule memory over prepared inputs → (y [BH, T, V], Φ_out, S_out, anchor), the last three tuples
   shaped like ``weights``.
 
   Inputs (module docstring; ``ops.py`` prepares them from the memory op's arguments): q, k are φ(q), φ(k); v the
-  values (minus r(k) for residual l2); ca, ct the within-chunk cumulative log α, log θ; sel marks each chunk's
-  last valid row; weights, states the initial Φ and S. Differentiable in every input but sel.
+  values (minus r(k) for residual l2); gamma, log_alpha, eta, log_theta [BH, T] the gates (log gates may be −∞);
+  sel marks each chunk's last valid row; weights, states the initial Φ and S. Differentiable in every input but
+  sel. y is float32 whatever q's dtype.
 
   interpret: run the kernels in the Pallas interpreter (default: True on CPU, where nothing else runs).
   """
@@ -396,23 +406,23 @@ def omega_chunk(q, k, v, gamma, ca, eta, ct, sel, weights, states, *, kind: str,
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
   block = block_sizes or BlockSizes.get_default(kind, v.shape[-1], q.shape[-1])
-  static = _Static(kind, chunk, window, momentum, bias, block, interpret, debug)
-  _check(q, k, v, (gamma, ca, eta, ct), sel, weights, states, static)
-  inputs = (q, k, v) + _coefficients(q, k, gamma, ca, eta, ct, sel, static) + (sel,)
+  static = Static(kind, chunk, window, momentum, bias, block, interpret, debug)
+  _check(q, k, v, (gamma, log_alpha, eta, log_theta), sel, weights, states, static)
+  inputs = (q, k, v) + _coefficients(q, k, gamma, log_alpha, eta, log_theta, sel, static) + (sel,)
   return _omega_chunk(inputs, weights, states, static)
 
 
-def _coefficients(q, k, gamma, ca, eta, ct, sel, static: _Static):
+def _coefficients(q, k, gamma, log_alpha, eta, log_theta, sel, static: Static):
   """``static.coefficients`` of every (head, chunk) at once → (m_c, m_p [BH, T, C], ᾱ, μ, θ̄, λ_c, λ_p, ψ_c, ψ_p
-  [BH, T][, Λ_c, Λ_p [BH, T, C]]), at the kernels' matmul precision."""
+  [BH, T][, Λ_c, Λ_p [BH, T, C]]), in XLA at exact float32 (CHUNKED.md §C.4.6; not the kernels' ``block.dot``)."""
   bh, length, _ = q.shape
   chunk = static.chunk
   f32 = jnp.float32
   blocks = lambda x: x.astype(f32).reshape((bh, length // chunk, chunk) + x.shape[2:])
   previous = lambda x: jnp.pad(x[:, :-1], [(0, 0), (1, 0)] + [(0, 0)] * (x.ndim - 2))  # zeros before the start
   kb, gb = blocks(k), blocks(gamma)
-  x = Chunk(q=blocks(q), kc=kb, kp=previous(kb), vc=None, vp=None, gc=gb, gp=previous(gb), ca=blocks(ca),
-            eta=blocks(eta), ct=blocks(ct), sel=blocks(jnp.broadcast_to(sel, (bh, length))))
-  with dot_precision(static.precision):
-    out = jax.vmap(jax.vmap(static.coefficients))(x)
+  x = Chunk(q=blocks(q), kc=kb, kp=previous(kb), vc=None, vp=None, gc=gb, gp=previous(gb),
+            log_alpha=blocks(log_alpha), eta=blocks(eta), log_theta=blocks(log_theta),
+            sel=blocks(jnp.broadcast_to(sel, (bh, length))))
+  out = jax.vmap(jax.vmap(static.coefficients))(x)
   return tuple(c.reshape((bh, length) + c.shape[3:]) for c in out)

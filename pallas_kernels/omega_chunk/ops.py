@@ -5,14 +5,15 @@
 
 Covered: the ``linear``, ``mlp`` and ``gated_mlp`` memories (identity or polynomial φ, l2 or dot bias, residual
 or not, momentum and retention, any W with W − 1 ≤ C, token granularity, Muon off), from a fresh state
-(position 0), float32 or bfloat16 inputs. ``auto`` takes them for linear memories on GPU at the tile sizes
-measured there (``untimed_sizes_reason``; on an H200 they ran 1.3–1.7× the xla path's speed forward+backward;
-on several devices each runs its own (batch, heads) block under ``shard_map``, ``sharded.py``). MLP memories run
-on them when asked for by name (one program per head keeps W1, W2 (W3) and their momenta: compiled, they
-exceeded an H200's 227 KiB of shared memory at every size tried, K = 32–64, C = 32–64; BENCHMARKS.md). The
-kernels are written for Triton (GPU); on CPU they run in the Pallas interpreter; on TPU the xla path runs (the
-Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not hold these whole-sequence blocks; a TPU
-variant is not written).
+(position 0), float32 or bfloat16 inputs, validated as ``memory_op`` validates them. ``auto`` takes them for
+linear memories on GPU at the tile sizes measured there (``untimed_sizes_reason``; on an H200 they ran 1.3–1.7×
+the xla path's speed forward+backward; on several devices each runs its own (batch, heads) block under
+``shard_map``, ``sharded.py``). MLP memories run on them when asked for by name (one program per head keeps W1,
+W2 (W3) and their momenta: compiled, they exceeded an H200's 227 KiB of shared memory at every size tried,
+K = 32–64, C = 32–64; BENCHMARKS.md). The kernels are written for Triton (GPU); on CPU they run in the Pallas
+interpreter; on TPU ``auto`` takes the xla path and ``implementation="pallas"`` raises NotImplementedError (the
+Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not hold these whole-sequence blocks; a TPU variant
+is not written).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from atlas_jax.memory.coefficients import cumsum
 from atlas_jax.memory.config import MemoryConfig
 from atlas_jax.memory.feature_maps import feature_dim, feature_map
+from atlas_jax.memory.op import check_inputs  # memory_op's own input checks
 from atlas_jax.memory.state import Gates, MemoryState
 from pallas_kernels.omega_chunk.kernel import BlockSizes, omega_chunk
 
@@ -29,7 +32,7 @@ def unsupported_reason(config: MemoryConfig, *, fresh_state: bool, dtype, backen
   """Why the Pallas kernels cannot run this call (None when they can); backend defaults to JAX's default."""
   backend = backend or jax.default_backend()
   if backend == "tpu":
-    return "no TPU (Mosaic) variant of the Omega kernels; the xla path runs on TPU"
+    return "no TPU (Mosaic) variant of the Omega kernels (implementation='auto' takes the xla path on TPU)"
   if config.muon:
     return "muon=True: Newton–Schulz per position is not in the kernels"
   if config.max_grad_norm is not None:
@@ -83,12 +86,6 @@ def _per_head(x, length):
   return x.reshape((batch * heads, length) + x.shape[3:])
 
 
-def _chunk_cumsum(x, chunk):
-  """Within-chunk cumulative sums of [BH, T] (T a multiple of C)."""
-  bh, length = x.shape
-  return jnp.cumsum(x.reshape(bh, length // chunk, chunk), axis=-1).reshape(bh, length)
-
-
 def _last_rows(length: int, padded: int, chunk: int):
   """sel [T_pad]: 1 at each chunk's last valid row (row T − 1 in the last chunk)."""
   t = jnp.arange(padded)
@@ -102,6 +99,7 @@ def pallas_memory(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
   pad_to_power_of_two: pad P, V (and F) to powers of two ≥ 16 with zeros (Triton tiles need it; zero features,
     values and hidden units leave every result unchanged). Default: on when not interpreting.
   """
+  check_inputs(q, k, v, gates, init_weights, config, feature_coeffs, None)
   reason = unsupported_reason(config, fresh_state=True,
                               dtype=jnp.promote_types(q.dtype, next(iter(init_weights.values())).dtype))
   if reason:
@@ -143,18 +141,18 @@ def pallas_memory(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
 
   gate = lambda x: _per_head(x.astype(f32), padded)
   log_theta = gates.log_theta if config.momentum else jnp.zeros_like(gates.log_alpha)
-  ca = _chunk_cumsum(gate(gates.log_alpha), chunk)
-  ct = _chunk_cumsum(gate(log_theta), chunk)
+  log_alpha = gate(gates.log_alpha)
   weights = tuple(weight(n) for n in names)
   y, w, s, anchor = omega_chunk(
-      rows(phi_q, sizes[p]), rows(phi_k, sizes[p]), rows(target, sizes[value_dim]), gate(gates.gamma), ca,
-      gate(gates.eta), ct, _last_rows(length, padded, chunk), weights, tuple(jnp.zeros_like(x) for x in weights),
+      rows(phi_q, sizes[p]), rows(phi_k, sizes[p]), rows(target, sizes[value_dim]), gate(gates.gamma), log_alpha,
+      gate(gates.eta), gate(log_theta), _last_rows(length, padded, chunk), weights,
+      tuple(jnp.zeros_like(x) for x in weights),
       kind=config.kind, chunk=chunk, window=config.window, momentum=config.momentum, bias=config.bias,
       block_sizes=block_sizes, interpret=interpret)
 
-  y = jnp.moveaxis(y[:, :length, :value_dim].reshape(batch, heads, length, value_dim), 1, 2)
+  y = jnp.moveaxis(y[:, :length, :value_dim].reshape(batch, heads, length, value_dim), 1, 2)  # float32
   if config.residual:
-    y = y + q.astype(f32)
+    y = y + q.astype(f32)  # r(q) added in float32, then one rounding to q's dtype (as the xla path)
 
   def unpad(mats):
     out = {}
@@ -163,12 +161,13 @@ def pallas_memory(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
       out[name] = x[:, :m, :n].reshape(batch, heads, m, n)
     return out
 
-  return y.astype(q.dtype), _final_state(k, v, gates, ca, length, config, unpad(w), unpad(s), unpad(anchor))
+  return y.astype(q.dtype), _final_state(k, v, gates, log_alpha, length, config, unpad(w), unpad(s),
+                                         unpad(anchor))
 
 
-def _final_state(k, v, gates: Gates, ca, length, config: MemoryConfig, w, s, anchor) -> MemoryState:
+def _final_state(k, v, gates: Gates, log_alpha, length, config: MemoryConfig, w, s, anchor) -> MemoryState:
   """The MemoryState after T tokens: the carry is the last W − 1 raw tokens (zeros before the start); decay is
-  Π α over the last chunk's tokens."""
+  Π α over the last chunk's tokens, exp(cumsum(log α)) at its last row as on the xla path (log α [BH, T_pad])."""
   batch, _, heads, _ = k.shape
   carried = config.window - 1
   f32 = jnp.float32
@@ -177,7 +176,8 @@ def _final_state(k, v, gates: Gates, ca, length, config: MemoryConfig, w, s, anc
     x = jnp.pad(x.astype(f32), [(0, 0), (carried, 0)] + [(0, 0)] * (x.ndim - 2))[:, x.shape[1]:]
     return jnp.moveaxis(x, 1, 2)
 
-  decay = jnp.exp(ca[:, length - 1]).reshape(batch, heads)  # ca restarts at every chunk start
+  start = (length - 1) // config.chunk_size * config.chunk_size  # the last chunk's first row
+  decay = jnp.exp(jax.vmap(cumsum)(log_alpha[:, start:length])[:, -1]).reshape(batch, heads)
   return MemoryState(weights=w, anchor=anchor, momentum=s, window_k=window(k),
                      window_v=window(v), window_gamma=window(gates.gamma), decay=decay,
                      position=jnp.asarray(length, jnp.int32))

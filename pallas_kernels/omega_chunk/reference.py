@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.omega_chunk.chunk_common import Chunk
-from pallas_kernels.omega_chunk.kernel import BlockSizes, _Static
+from pallas_kernels.omega_chunk.kernel import BlockSizes, Static
 
 
 def _blocks(x, chunk):
@@ -22,18 +22,19 @@ def _blocks(x, chunk):
   return cur, prev
 
 
-def omega_chunk_reference(q, k, v, gamma, ca, eta, ct, sel, weights, states, *, kind: str, chunk: int,
+def omega_chunk_reference(q, k, v, gamma, log_alpha, eta, log_theta, sel, weights, states, *, kind: str, chunk: int,
                           window: int, momentum: bool, bias: str):
   """Same contract as ``kernel.omega_chunk``: (y [BH, T, V], Φ_out, S_out, anchor)."""
-  static = _Static(kind, chunk, window, momentum, bias, BlockSizes(v.shape[-1]), interpret=True, debug=False)
+  static = Static(kind, chunk, window, momentum, bias, BlockSizes(v.shape[-1]), interpret=True, debug=False)
   f32 = lambda x: x.astype(jnp.float32)
 
-  def one_head(q, k, v, gamma, ca, eta, ct, weights, states):
+  def one_head(q, k, v, gamma, log_alpha, eta, log_theta, weights, states):
     kc, kp = _blocks(f32(k), chunk)
     vc, vp = _blocks(f32(v), chunk)
     gc, gp = _blocks(f32(gamma), chunk)
     rows = lambda x: f32(x).reshape(-1, chunk)
-    xs = Chunk(f32(q).reshape(kc.shape), kc, kp, vc, vp, gc, gp, rows(ca), rows(eta), rows(ct), rows(sel))
+    xs = Chunk(f32(q).reshape(kc.shape), kc, kp, vc, vp, gc, gp, rows(log_alpha), rows(eta), rows(log_theta),
+               rows(sel))
 
     def body(carry, x):
       w, s = carry
@@ -44,4 +45,4 @@ def omega_chunk_reference(q, k, v, gamma, ca, eta, ct, sel, weights, states, *, 
     (w, s), (y, anchors) = jax.lax.scan(body, init, xs)
     return y.reshape(-1, y.shape[-1]), w, s, tuple(a[-1] for a in anchors)
 
-  return jax.vmap(one_head)(q, k, v, gamma, ca, eta, ct, tuple(weights), tuple(states))
+  return jax.vmap(one_head)(q, k, v, gamma, log_alpha, eta, log_theta, tuple(weights), tuple(states))
