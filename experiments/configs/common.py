@@ -101,8 +101,10 @@ def paper_config(size: str, preset: str | None) -> ml_collections.ConfigDict:
   """A paper setting (Table 7): the preset `preset` (default atlas) at `size`, 4K context, 0.5M tokens per step
   (batch_size 16 × grad_accum 8 × 4096 tokens on one process; divide batch_size or grad_accum by the process
   count; each micro-batch's rows are split over the data × fsdp devices, so past 128 of them, at grad_accum 1, a
-  tensor axis or larger steps are needed), AdamW with warmup + cosine decay, weight decay 0.1. Data: FineWeb-Edu tokenized offline with a 32K
-  tokenizer into .npy shards (``python -m experiments.prepare_data``); nothing is shipped."""
+  tensor axis or larger steps are needed), AdamW with warmup + cosine decay, weight decay 0.1. Data: FineWeb-Edu
+  tokenized offline with a 32K tokenizer into .npy shards (``python -m experiments.prepare_data``); nothing is
+  shipped. The presets' vocabulary is 32,000 ids; a tokenizer with more (32,768, say) needs
+  ``--config.model.overrides.vocab_size=<its size>``."""
   lr, tokens = PAPER_SETTINGS[size]
   c = base_config()
   c.model.preset = preset or "atlas"
