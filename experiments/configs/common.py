@@ -104,7 +104,9 @@ def paper_config(size: str, preset: str | None) -> ml_collections.ConfigDict:
   tensor axis or larger steps are needed), AdamW with warmup + cosine decay, weight decay 0.1. Data: FineWeb-Edu
   tokenized offline with a 32K tokenizer into .npy shards (``python -m experiments.prepare_data``); nothing is
   shipped. The presets' vocabulary is 32,000 ids; a tokenizer with more (32,768, say) needs
-  ``--config.model.overrides.vocab_size=<its size>``."""
+  ``--config.model.overrides.vocab_size=<its size>``. ATLAS's Muon runs at chunk granularity (one Newton–Schulz
+  per chunk, SPEC.md §3.6) where the paper applies it at every position; ``--config.model.overrides.memory.
+  granularity=token`` selects the paper's, at a higher cost per step."""
   lr, tokens = PAPER_SETTINGS[size]
   c = base_config()
   c.model.preset = preset or "atlas"

@@ -8,10 +8,8 @@
 Expected: no published Wiki perplexity at this size (Table 2 starts at 760M).
 Step time: not measured yet (no accelerator has run it); estimate it with
 ``python -m atlas_jax.training.aot --preset=atlas --size=340m --batch=16 --grad_accum=8`` (compiled FLOPs of one
-paper step on 8 fake CPU devices) before a long run. ATLAS's Muon runs at chunk granularity (one Newton–Schulz per
-chunk, SPEC.md §3.6); the paper applies it at every position, which
-``--config.model.overrides.memory.granularity=token`` selects, at a higher cost per step. ``data.batch_size`` is per
-process: on P processes divide batch_size × grad_accum (16 × 8 rows per step) by P to keep 0.5M tokens per step.
+paper step on 8 fake CPU devices) before a long run. ``common.paper_config`` says where the run differs from the
+paper (Muon's granularity) and how to keep 0.5M tokens per step on several processes.
 """
 
 from experiments.configs import common
