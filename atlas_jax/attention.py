@@ -1,8 +1,9 @@
 """Softmax attention with RoPE: global causal or sliding-window, with a KV cache for decoding.
 
 Training calls go through ``jax.nn.dot_product_attention`` (``is_causal``, ``local_window_size``), whose cuDNN
-path a GPU can use. With a cache, new keys are appended (global: slot = position; sliding window: a ring buffer
-of w slots, slot = position mod w) and queries attend over [cache ‖ new] under an explicit position mask.
+path a GPU can use. With a cache, under an explicit position mask: global attention writes the new keys at
+slot = position, then its queries attend over the cache; a sliding window's queries attend over [ring ‖ new]
+(a ring buffer of w slots, slot = position mod w, which the new keys may overwrite), then the keys are written.
 """
 
 from __future__ import annotations

@@ -78,11 +78,7 @@ def plan_bytes(compiled) -> int | None:
 
 def compiled_peak_bytes(jitted, *args) -> int | None:
   """XLA's static memory plan of a jitted call (``plan_bytes``), if reported."""
-  try:
-    compiled = jitted.lower(*args).compile()
-  except Exception:  # some backends do not report it
-    return None
-  return plan_bytes(compiled)
+  return plan_bytes(jitted.lower(*args).compile())
 
 
 def resident_mib() -> float | None:

@@ -100,7 +100,7 @@ def _machine_memory_gib() -> float | None:
 def main(argv):
   del argv
   rows = []
-  room = _REPEATS.value + 2  # positions p … p + repeats are written (warm-up included)
+  room = _REPEATS.value + 1  # the warm-up and the timed steps write positions p … p + repeats
   for name in ("atlas", "transformer++"):
     model = _model(name)
     graphdef, params = nnx.split(model)

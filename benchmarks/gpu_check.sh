@@ -63,7 +63,7 @@ start=$SECONDS
 # compile on 12 threads before any is timed (--compile_budget_s: after 90 s the cells still compiling are
 # reported as such and the rest are timed). Past the limit the table keeps the cells measured (SIGINT).
 max_plan_gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits 2> /dev/null \
-  | head -1 | awk '$1 > 0 { printf "%d", $1 * 0.7 / 1024 }')
+  | head -1 | awk '$1 + 0 > 0 { printf "%d", $1 * 0.7 / 1024 }')
 timeout -k 20 -s INT 150 python3 -m benchmarks.layer_scaling --implementations=xla,pallas \
   --lengths=1024,4096,16384,65536 --max_plan_gib="${max_plan_gib:-12}" --compile_threads=12 \
   --compile_budget_s=90 2>&1 | tee "$log_dir/layers.log"

@@ -6,8 +6,8 @@ Width 256, batch 1, float32. Memory layers: 4 heads of 64 (ATLAS: 8 heads of 32 
 chunk granularity), C = 64. Attention: 4 heads of 64, causal, ``jax.nn.dot_product_attention`` (XLA on CPU).
 Each cell reports the forward and the forward+backward (gradient of a scalar with respect to the parameters)
 with XLA's memory plan of each (arguments + outputs + temporaries). A call is not run when its plan exceeds
---max_plan_gib (default: 12 GiB on CPU, 70% of the accelerator's memory elsewhere); one slower than --max_call_s
-is timed once. Where the memory layers' lines cross attention's is the point of the table.
+--max_plan_gib (default: 12 GiB on CPU, 70% of the accelerator memory JAX's allocator may use elsewhere); one
+slower than --max_call_s is timed once. Where the memory layers' lines cross attention's is the point of the table.
 
 Every cell's two functions are compiled before any is timed, on --compile_threads threads (compilation is most
 of a GPU run's time and runs on the host's cores); the timings then run one at a time, with no compilation
@@ -37,7 +37,7 @@ from pallas_kernels.omega_chunk.ops import unsupported_reason
 
 _LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096", "16384", "65536"], "sequence lengths")
 _MAX_PLAN = flags.DEFINE_float("max_plan_gib", None, "skip calls whose XLA memory plan is larger (default: 12 on "
-                                "CPU, 70% of the accelerator's memory elsewhere)")
+                                "CPU, 70% of the accelerator memory JAX's allocator may use elsewhere)")
 _MAX_CALL = flags.DEFINE_float("max_call_s", 30.0, "time a cell once when a call is slower than this")
 _IMPLEMENTATIONS = flags.DEFINE_list("implementations", None,
                                      "memory-op implementations (default: reference,xla on CPU; xla,pallas on GPU)")

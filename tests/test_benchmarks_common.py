@@ -25,9 +25,10 @@ def test_results_go_where_the_environment_says(tmp_path, monkeypatch, capsys):
 
 def test_header_versions_and_exact_command(monkeypatch):
   monkeypatch.setattr(sys, "orig_argv", ["python", "-m", "benchmarks.decode", "--contexts=1024,2048"], raising=False)
+  for name in common.COMMAND_ENV:
+    monkeypatch.delenv(name, raising=False)
   monkeypatch.setenv("LD_PRELOAD", "libtcmalloc_minimal.so.4")
   monkeypatch.setenv("XLA_FLAGS", "--xla_a=1 --xla_b=2")
-  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
   assert common.command() == ("LD_PRELOAD=libtcmalloc_minimal.so.4 'XLA_FLAGS=--xla_a=1 --xla_b=2' "
                               "python -m benchmarks.decode --contexts=1024,2048")
   versions = common.versions()

@@ -41,7 +41,8 @@ def explain_implementation(implementation: str, config: MemoryConfig, *, fresh_s
   several devices stay on xla, since XLA's SPMD partitioner does not split a ``pallas_call`` (it would gather the
   inputs onto every device). On an H200 (2026-11-27, BENCHMARKS.md) the linear kernels
   ran 1.3–1.7× the xla path's speed forward+backward and 1.5–2.1× forward (B = 2, H = 16, K = V = 128,
-  C = 64), and a delta-style layer about 3× forward+backward; the mlp kernels exceeded the card's shared memory at
+  C = 64), and a delta-style layer about 3× forward+backward (before the coefficients outside the kernels moved
+  to exact float32 and y to a float32 output; not yet remeasured); the mlp kernels exceeded the card's shared memory at
   every size tried (K = 32–64, C = 32–64), so MLP memories stay on xla.
   """
   if implementation not in IMPLEMENTATIONS:

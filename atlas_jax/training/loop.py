@@ -338,7 +338,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
                          out_shardings=(param_shardings, opt_shardings, replicated))
     eval_step = jax.jit(make_eval_step(graphdef))
     writer = MetricWriter(workdir, enabled=is_main, start_step=step)
-    progress = Progress(config.train.steps, step, global_batch * config.data.seq_len, config.train.log_every,
+    progress = Progress(config.train.steps, global_batch * config.data.seq_len, config.train.log_every,
                         stream=sys.stdout if is_main else None)
     meta = {"model_config": model_config.to_dict(), "experiment": json.loads(config.to_json()),
             "split_tokens": split_tokens, "process_count": jax.process_count()}

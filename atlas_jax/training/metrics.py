@@ -19,8 +19,8 @@ class Progress:
   """Prints `[####......] step 120/600 | loss 2.31 | 2,900 tok/s | ETA 3m10s` every `every` steps, and the first
   step's time, which includes compiling it. Silent with stream=None (processes other than the first)."""
 
-  def __init__(self, total_steps: int, first_step: int, tokens_per_step: int, every: int, stream=sys.stdout):
-    self.total, self.first, self.tokens, self.every, self.stream = total_steps, first_step, tokens_per_step, every, stream
+  def __init__(self, total_steps: int, tokens_per_step: int, every: int, stream=sys.stdout):
+    self.total, self.tokens, self.every, self.stream = total_steps, tokens_per_step, every, stream
     self.created, self.start = time.perf_counter(), None
 
   def update(self, step: int, loss: float, force: bool = False) -> None:

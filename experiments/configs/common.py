@@ -99,14 +99,15 @@ PAPER_SETTINGS = {"170m": (3e-3, 15e9), "340m": (1.5e-3, 15e9), "760m": (1.25e-3
 
 def paper_config(size: str, preset: str | None) -> ml_collections.ConfigDict:
   """A paper setting (Table 7): the preset `preset` (default atlas) at `size`, 4K context, 0.5M tokens per step
-  (batch_size 16 × grad_accum 8 × 4096 tokens on one process; divide batch_size or grad_accum by the process
-  count; each micro-batch's rows are split over the data × fsdp devices, so past 128 of them, at grad_accum 1, a
-  tensor axis or larger steps are needed), AdamW with warmup + cosine decay, weight decay 0.1. Data: FineWeb-Edu
+  (batch_size 16 × grad_accum 8 × 4096 tokens on one process; on P processes keep batch_size × grad_accum × P = 128.
+  Each micro-batch's batch_size × P rows are split over the mesh's data × fsdp devices, which must divide them: 16
+  devices at batch_size 16; trade grad_accum for batch_size on more, e.g. batch_size 4, grad_accum 4 on 8 hosts of 4
+  chips; past 128 devices add a tensor axis), AdamW with warmup + cosine decay, weight decay 0.1. Data: FineWeb-Edu
   tokenized offline with a 32K tokenizer into .npy shards (``python -m experiments.prepare_data``); nothing is
   shipped. The presets' vocabulary is 32,000 ids; a tokenizer with more (32,768, say) needs
-  ``--config.model.overrides.vocab_size=<its size>``. ATLAS's Muon runs at chunk granularity (one Newton–Schulz
-  per chunk, SPEC.md §3.6) where the paper applies it at every position; ``--config.model.overrides.memory.
-  granularity=token`` selects the paper's, at a higher cost per step."""
+  ``--config.model.overrides.vocab_size=<its size>``. ATLAS's Muon runs at chunk granularity (one Newton–Schulz per
+  chunk, SPEC.md §3.6) where the paper applies it at every position;
+  ``--config.model.overrides.memory.granularity=token`` selects the paper's, at a higher cost per step."""
   lr, tokens = PAPER_SETTINGS[size]
   c = base_config()
   c.model.preset = preset or "atlas"
@@ -114,7 +115,7 @@ def paper_config(size: str, preset: str | None) -> ml_collections.ConfigDict:
   c.data.source = "tokens"
   c.data.seq_len = 4096
   c.data.batch_size = 16
-  c.data.val_fraction = 0.001  # 15M–100M tokens: far more than the 8 × 16 windows an evaluation reads
+  c.data.val_fraction = 0.001  # of a corpus the size of the run's tokens, 15M–100M: far more than an evaluation reads
   c.train.grad_accum = 8
   c.train.steps = int(tokens // 2**19)
   c.train.lr = lr

@@ -5,15 +5,15 @@
 
 Covered: the ``linear``, ``mlp`` and ``gated_mlp`` memories (identity or polynomial φ, l2 or dot bias, residual
 or not, momentum and retention, any W with W − 1 ≤ C, token granularity, Muon off), from a fresh state
-(position 0), float32 or bfloat16 inputs, validated as ``memory_op`` validates them. ``auto`` takes them for
-linear memories on GPU at the tile sizes measured there (``untimed_sizes_reason``; on an H200 they ran 1.3–1.7×
-the xla path's speed forward+backward; on several devices each runs its own (batch, heads) block under
-``shard_map``, ``sharded.py``). MLP memories run on them when asked for by name (one program per head keeps W1,
-W2 (W3) and their momenta: compiled, they exceeded an H200's 227 KiB of shared memory at every size tried,
-K = 32–64, C = 32–64; BENCHMARKS.md). The kernels are written for Triton (GPU); on CPU they run in the Pallas
-interpreter; on TPU ``auto`` takes the xla path and ``implementation="pallas"`` raises NotImplementedError (the
-Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not hold these whole-sequence blocks; a TPU variant
-is not written).
+(position 0), float32 or bfloat16 inputs, validated as ``memory_op`` validates them. ``auto`` takes them for linear
+memories on GPU at the tile sizes measured there (``untimed_sizes_reason``; on an H200 they ran 1.3–1.7× the xla
+path's speed forward+backward, measured before the coefficients moved to exact float32; on several devices each runs
+its own (batch, heads) block under ``shard_map``, ``sharded.py``). MLP memories run on them when asked for by name
+(one program per head keeps W1, W2 (W3) and their momenta: compiled, they exceeded an H200's 227 KiB of shared
+memory at every size tried, K = 32–64, C = 32–64; BENCHMARKS.md). The kernels are written for Triton (GPU); on CPU
+they run in the Pallas interpreter; on TPU ``auto`` takes the xla path and ``implementation="pallas"`` raises
+NotImplementedError (the Mosaic TPU backend needs (8, 128)-aligned VMEM tiles and would not hold these
+whole-sequence blocks; a TPU variant is not written).
 """
 
 from __future__ import annotations
