@@ -122,8 +122,10 @@ def preset_config(preset: str, size: str, overrides) -> ModelConfig:
   unknown = sorted(set(overrides) - known)
   if unknown:
     raise ValueError(f"unknown model override keys: {unknown}.")
-  if "blocks" in overrides:
-    overrides["blocks"] = tuple(overrides["blocks"])
+  if "blocks" in overrides:  # `--config.model.overrides.blocks=memory,swa` arrives as one string (or a 1-tuple)
+    blocks = overrides["blocks"]
+    blocks = (blocks,) if isinstance(blocks, str) else blocks
+    overrides["blocks"] = tuple(name.strip() for item in blocks for name in item.split(","))
   return get_preset(preset, size, **overrides)
 
 

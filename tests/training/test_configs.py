@@ -57,6 +57,11 @@ def test_overrides_re_derive_dependent_fields():
   config.model.overrides.memory = {"chunk_sise": 16}
   with pytest.raises(ValueError, match="chunk_sise"):
     model_config_from(config)
+  config.model.overrides.memory = {}
+  config.model.overrides.num_layers = 2
+  config.model.overrides.scan_layers = False
+  config.model.overrides.blocks = ("memory, swa",)  # what --config.model.overrides.blocks=memory,swa parses to
+  assert model_config_from(config).blocks == ("memory", "swa")
 
 
 def test_every_model_field_can_be_overridden_in_a_locked_config():
