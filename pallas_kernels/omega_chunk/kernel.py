@@ -16,8 +16,8 @@ inputs (q, k, v, the scores m_c, m_p [BH, T, C], the [BH, T] coefficient vectors
 [BH, T, C]), plus Φ_in (and S_in with momentum) at the start of every chunk, float32, [BH, n, m, n'] per weight
 matrix; the backward kernel recomputes the rest of each chunk's state step. Autodiff of ``_coefficients`` (XLA,
 outside the kernels) keeps its own intermediates as well: [C, C] matrices per (head, chunk) (the decays Dᵅ, Dᶿ,
-Ψ_b, Λ_b, Q K_bᵀ), each a [BH, T, C] array in all. Gradients of the inputs that value tiles share are summed over tiles
-outside the kernel (each tile writes its partial sum).
+Ψ_b, Λ_b, Q K_bᵀ), each a [BH, T, C] array in all. Gradients of the inputs that value tiles share are summed
+over tiles outside the kernel (each tile writes its partial sum).
 
 Kernel inputs (BH = batch·heads, T a multiple of C; ``ops.py`` prepares q, k, v and the gates, ``omega_chunk``
 the coefficients), by role ("rows": the chunk's rows; "pair": the chunk's rows and the previous chunk's;

@@ -21,7 +21,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from atlas_jax.memory.coefficients import cumsum
 from atlas_jax.memory.config import MemoryConfig
 from atlas_jax.memory.feature_maps import feature_dim, feature_map
 from atlas_jax.memory.op import check_inputs  # memory_op's own input checks
@@ -167,7 +166,7 @@ def pallas_memory(q, k, v, gates: Gates, init_weights, config: MemoryConfig, fea
 
 def _final_state(k, v, gates: Gates, log_alpha, length, config: MemoryConfig, w, s, anchor) -> MemoryState:
   """The MemoryState after T tokens: the carry is the last W − 1 raw tokens (zeros before the start); decay is
-  Π α over the last chunk's tokens, exp(cumsum(log α)) at its last row as on the xla path (log α [BH, T_pad])."""
+  Π α over the last chunk's tokens, exp(Σ log α) (log α [BH, T_pad]; −∞ gives exactly 0)."""
   batch, _, heads, _ = k.shape
   carried = config.window - 1
   f32 = jnp.float32
@@ -177,7 +176,7 @@ def _final_state(k, v, gates: Gates, log_alpha, length, config: MemoryConfig, w,
     return jnp.moveaxis(x, 1, 2)
 
   start = (length - 1) // config.chunk_size * config.chunk_size  # the last chunk's first row
-  decay = jnp.exp(jax.vmap(cumsum)(log_alpha[:, start:length])[:, -1]).reshape(batch, heads)
+  decay = jnp.exp(jnp.sum(log_alpha[:, start:length], axis=1)).reshape(batch, heads)
   return MemoryState(weights=w, anchor=anchor, momentum=s, window_k=window(k),
                      window_v=window(v), window_gamma=window(gates.gamma), decay=decay,
                      position=jnp.asarray(length, jnp.int32))
